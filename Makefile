@@ -1,0 +1,34 @@
+# TokenSmith: `make demo` trains an embedding end to end; `make test` runs every test.
+# Both provision what they need first (.venv, torch, the ComfyUI host): see scripts/provision.sh.
+PY := .venv/bin/python
+HOST = $$(cat .venv/comfyui_path)
+
+.PHONY: provision test test-core lint demo serve bench fuzz clean
+
+provision:
+	@bash scripts/provision.sh
+
+lint: provision
+	$(PY) -m ruff check .
+
+test: provision
+	$(PY) -m ruff check .
+	COMFYUI_PATH=$(HOST) $(PY) -m pytest tests
+
+test-core: provision
+	$(PY) -m pytest tests/core
+
+demo: provision
+	COMFYUI_PATH=$(HOST) $(PY) -m devkit.demo $(ARGS)
+
+serve: provision
+	COMFYUI_PATH=$(HOST) $(PY) -m devkit.serve $(ARGS)
+
+bench: provision
+	COMFYUI_PATH=$(HOST) $(PY) -m bench.run $(ARGS)
+
+fuzz: provision
+	COMFYUI_PATH=$(HOST) TOKENSMITH_FUZZ_EXAMPLES=$${TOKENSMITH_FUZZ_EXAMPLES:-100000} $(PY) -m pytest tests/fuzz -q
+
+clean:
+	rm -rf .pytest_cache .ruff_cache .hypothesis .demo test-artifacts

@@ -1,0 +1,476 @@
+"""The one place TokenSmith reaches into ComfyUI's internals.
+
+Everything that depends on how ComfyUI builds its tokenizers, text encoders, ModelPatcher and
+model sampling lives here, so a ComfyUI change breaks one module (and `check_host()`, which a
+test calls and which names the ComfyUI version) rather than the whole pack.
+
+What it provides:
+- encoders_of / clip_family / model_family: which text encoders a CLIP has, which family a MODEL is;
+- token_table, text_to_vectors: the vocabulary's input vectors (init text, nearest tokens, merges);
+- PromptRows: template prompts tokenized by ComfyUI's own tokenizer, with slots for the vectors;
+- trainable_graph: the context in which gradients can reach the vectors through the frozen,
+  shared model (alias weights instead of inference tensors; out-of-place CLIP layers), undone after;
+- encode_rows / denoise: the text encoder and the diffusion model's x0 prediction;
+- embedding folders and the host version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+import comfy.clip_model
+import comfy.model_base
+import comfy.model_management
+import comfy.model_sampling
+import comfy.sd1_clip
+import folder_paths
+
+from .tokensmith.embedding import ENCODER_WIDTHS, family_of
+from .tokensmith.errors import FamilyMismatchError, TrainingError
+
+log = logging.getLogger("tokensmith")
+
+SLOT_NAME = "tokensmith_slot"  # the placeholder embedding that marks where trainable vectors go
+_SLOT_BASE = 7919.0  # slot row i is filled with _SLOT_BASE + i: a value no real embedding holds
+
+
+def host_version() -> str:
+    try:
+        import comfyui_version
+
+        return comfyui_version.__version__
+    except ImportError:
+        return "unknown"
+
+
+def check_host() -> list[str]:
+    """The internals this module relies on that the running ComfyUI lacks (empty when all is well)."""
+    missing = []
+
+    def need(obj, attr, what):
+        if not hasattr(obj, attr):
+            missing.append(what)
+
+    need(comfy.sd1_clip, "SDTokenizer", "comfy.sd1_clip.SDTokenizer")
+    need(comfy.sd1_clip, "SDClipModel", "comfy.sd1_clip.SDClipModel")
+    need(comfy.sd1_clip, "load_embed", "comfy.sd1_clip.load_embed")
+    need(comfy.clip_model, "CLIPLayer", "comfy.clip_model.CLIPLayer")
+    need(comfy.clip_model, "CLIPTextModel", "comfy.clip_model.CLIPTextModel")
+    need(comfy.model_management, "load_models_gpu", "comfy.model_management.load_models_gpu")
+    need(comfy.model_management, "throw_exception_if_processing_interrupted",
+         "comfy.model_management.throw_exception_if_processing_interrupted")
+    need(comfy.model_sampling, "EPS", "comfy.model_sampling.EPS")
+    need(comfy.model_sampling, "V_PREDICTION", "comfy.model_sampling.V_PREDICTION")
+    need(comfy.model_base.BaseModel, "apply_model", "comfy.model_base.BaseModel.apply_model")
+    need(folder_paths, "get_folder_paths", "folder_paths.get_folder_paths")
+    tok = getattr(comfy.sd1_clip, "SDTokenizer", None)
+    if tok is not None:
+        for attr in ("tokenize_with_weights", "_try_get_embedding"):
+            need(tok, attr, f"comfy.sd1_clip.SDTokenizer.{attr}")
+    layer = getattr(comfy.clip_model, "CLIPLayer", None)
+    if layer is not None:
+        import inspect
+
+        params = list(inspect.signature(layer.forward).parameters)
+        if params[:4] != ["self", "x", "mask", "optimized_attention"]:
+            missing.append(f"comfy.clip_model.CLIPLayer.forward(x, mask, optimized_attention) (has {params})")
+    return missing
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoders and families
+
+
+@dataclass(frozen=True)
+class Encoder:
+    key: str  # clip_l / clip_h / clip_g: the key ComfyUI reads from embedding files
+    token_key: str  # the key of this encoder's rows in clip.tokenize() output ("l", "g", "h")
+    tokenizer: object  # comfy.sd1_clip.SDTokenizer
+    model: object  # comfy.sd1_clip.SDClipModel
+    width: int
+
+
+def encoders_of(clip) -> list[Encoder]:
+    """The text encoders of a ComfyUI CLIP, in ComfyUI's embedding-key terms."""
+    out = []
+    tokenizer = clip.tokenizer
+    model = clip.cond_stage_model
+    for attr in ("clip_l", "clip_h", "clip_g"):
+        tok = getattr(tokenizer, attr, None)
+        enc = getattr(model, attr, None)
+        if tok is None or enc is None or not hasattr(tok, "embedding_key"):
+            continue
+        out.append(Encoder(tok.embedding_key, tok.embedding_key.removeprefix("clip_"), tok, enc, tok.embedding_size))
+    if not out:
+        raise FamilyMismatchError(
+            "this CLIP has no CLIP-L, CLIP-H or CLIP-G text encoder: TokenSmith trains embeddings for "
+            "SD1.x, SD2.x and SDXL checkpoints only"
+        )
+    return out
+
+
+def clip_family(clip) -> str:
+    return family_of(e.key for e in encoders_of(clip))
+
+
+_MODEL_CONTEXT_FAMILY = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+
+
+def model_family(model) -> str:
+    """sd1 / sd2 / sdxl for a MODEL (ModelPatcher), from its config; 'unknown' otherwise."""
+    base = model.model
+    if isinstance(base, comfy.model_base.SDXL):
+        return "sdxl"
+    if type(base) is not comfy.model_base.BaseModel:
+        return "unknown"
+    context = base.model_config.unet_config.get("context_dim")
+    return _MODEL_CONTEXT_FAMILY.get(context, "unknown")
+
+
+def prediction_type(model) -> str:
+    """'eps' or 'v', from the model's (possibly patched) model_sampling."""
+    sampling = model.get_model_object("model_sampling")
+    if isinstance(sampling, comfy.model_sampling.V_PREDICTION):
+        return "v"
+    if isinstance(sampling, comfy.model_sampling.EPS) and type(sampling).calculate_denoised is comfy.model_sampling.EPS.calculate_denoised:
+        return "eps"
+    raise TrainingError(
+        f"this model samples with {type(sampling).__name__}: TokenSmith trains eps- and v-prediction models "
+        "(SD1.x, SD2.x, SDXL) only"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Vocabulary
+
+
+def token_table(encoder: Encoder) -> torch.Tensor:
+    """The encoder's input token vectors [vocab, width] (the shared weight; do not modify)."""
+    return encoder.model.transformer.get_input_embeddings().weight
+
+
+def token_ids(encoder: Encoder, text: str) -> list[int]:
+    """Token ids of plain text, without start/end tokens."""
+    ids = encoder.tokenizer.tokenizer(text)["input_ids"]
+    start = encoder.tokenizer.tokens_start
+    end = -1 if encoder.tokenizer.tokenizer_adds_end_token else None
+    return list(ids[start:end])
+
+
+def text_to_vectors(clip, text: str) -> dict[str, torch.Tensor]:
+    """The input vectors of text's tokens per encoder, fp32 CPU copies ({key: [k, width]})."""
+    out = {}
+    for enc in encoders_of(clip):
+        ids = token_ids(enc, text)
+        table = token_table(enc)
+        out[enc.key] = table[torch.tensor(ids, dtype=torch.long, device=table.device)].detach().float().cpu().clone()
+    return out
+
+
+def token_strings(encoder: Encoder, ids) -> list[str]:
+    inv = encoder.tokenizer.inv_vocab
+    return [inv.get(int(i), f"<{int(i)}>").replace("</w>", "") for i in ids]
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompt rows with slots for the trainable vectors
+
+
+class PromptRows:
+    """Prompts tokenized by the CLIP's own tokenizer, with `[name]` turned into vector slots.
+
+    Each prompt is tokenized exactly as CLIPTextEncode would tokenize it with `embedding:NAME` in
+    the place of `[name]`, so the conditioning the trainer optimises is the conditioning a user gets
+    later from the saved file. The slots are found by a placeholder embedding in a temporary
+    folder, searched before the user's embeddings folders.
+    """
+
+    def __init__(self, clip, num_vectors: int):
+        self.clip = clip
+        self.encoders = encoders_of(clip)
+        self.num_vectors = num_vectors
+        self._cache: dict[str, dict] = {}
+        self._tmp = tempfile.mkdtemp(prefix="tokensmith-slot-", dir=folder_paths.get_temp_directory())
+        import safetensors.torch
+
+        slot = {
+            e.key: (_SLOT_BASE + torch.arange(num_vectors, dtype=torch.float32)).unsqueeze(1).repeat(1, e.width)
+            for e in self.encoders
+        }
+        safetensors.torch.save_file(slot, os.path.join(self._tmp, SLOT_NAME + ".safetensors"))
+        # Shallow copies: the user's CLIP keeps its own tokenizer untouched.
+        self.tokenizer = copy.copy(clip.tokenizer)
+        for e in self.encoders:
+            sub = copy.copy(e.tokenizer)
+            dirs = e.tokenizer.embedding_directory or []
+            if isinstance(dirs, str):
+                dirs = [dirs]
+            sub.embedding_directory = [self._tmp, *dirs]
+            setattr(self.tokenizer, e.key, sub)
+
+    def close(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def tokens(self, prompt: str) -> dict:
+        """ComfyUI token rows for one prompt; slot entries are ("slot", i) markers."""
+        if prompt in self._cache:
+            return self._cache[prompt]
+        text = prompt.replace("[name]", f" embedding:{SLOT_NAME} ")
+        raw = self.tokenizer.tokenize_with_weights(text, False, **_tokenizer_kwargs(self.clip))
+        marked = {}
+        found = {}
+        for e in self.encoders:
+            rows = []
+            count = 0
+            for row in raw[e.token_key]:
+                new_row = []
+                for tok, weight in row:
+                    if torch.is_tensor(tok) and tok.numel() > 0 and float(tok.flatten()[0]) >= _SLOT_BASE:
+                        idx = int(round(float(tok.flatten()[0]) - _SLOT_BASE))
+                        if 0 <= idx < self.num_vectors:
+                            new_row.append((("slot", idx), weight))
+                            count += 1
+                            continue
+                    new_row.append((tok, weight))
+                rows.append(new_row)
+            marked[e.token_key] = rows
+            found[e.key] = count
+        if any(c == 0 for c in found.values()) and "[name]" in prompt:
+            raise TrainingError(f"could not place the vectors in {prompt!r} (found {found})")
+        self._cache[prompt] = {**raw, **marked}
+        return self._cache[prompt]
+
+
+def _tokenizer_kwargs(clip) -> dict:
+    options = getattr(clip, "tokenizer_options", None) or {}
+    return {"tokenizer_options": dict(options)} if options else {}
+
+
+def fill_slots(tokens: dict, vectors: dict[str, torch.Tensor], encoders: list[Encoder]) -> dict:
+    """Token rows with every slot replaced by the matching row of the vectors (keeps the graph)."""
+    by_token_key = {e.token_key: vectors[e.key] for e in encoders}
+    out = {}
+    for key, rows in tokens.items():
+        vec = by_token_key.get(key)
+        if vec is None:
+            out[key] = rows
+            continue
+        out[key] = [
+            [((vec[tok[1]], w) if isinstance(tok, tuple) and tok and tok[0] == "slot" else (tok, w)) for tok, w in row]
+            for row in rows
+        ]
+    return out
+
+
+def encode_tokens(clip, tokens: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The text encoder on token rows, as CLIP.encode_from_tokens runs it (layer options included)."""
+    model = clip.cond_stage_model
+    model.reset_clip_options()
+    if clip.layer_idx is not None:
+        model.set_clip_options({"layer": clip.layer_idx})
+    out = model.encode_token_weights(tokens)
+    return out[0], out[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradients through the frozen, shared model
+
+
+def _out_of_place_clip_layer(layer):
+    # ComfyUI's CLIPLayer adds residuals in place, which autograd cannot differentiate through.
+    def forward(x, mask=None, optimized_attention=None):
+        x = x + layer.self_attn(layer.layer_norm1(x), mask, optimized_attention)
+        return x + layer.mlp(layer.layer_norm2(x))
+
+    return forward
+
+
+def _alias(t: torch.Tensor) -> torch.Tensor:
+    # A normal tensor over an inference tensor's storage: autograd may save it, nothing is copied.
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
+
+
+@contextlib.contextmanager
+def trainable_graph(*modules: torch.nn.Module) -> Iterator[None]:
+    """Let gradients flow to inputs of these frozen modules for the duration of the block.
+
+    ComfyUI runs nodes under inference mode and makes its weights there; autograd refuses to save
+    such tensors. Inside this block (which leaves inference mode) every parameter and buffer is
+    swapped for an alias of the same storage with requires_grad=False, and CLIP layers use an
+    out-of-place forward. Everything is put back on exit; the weights' values are never written.
+    """
+    swapped: list[tuple[dict, str, object]] = []
+    patched_layers = []
+    with torch.inference_mode(False):
+        try:
+            for root in modules:
+                for module in root.modules():
+                    for store in (module._parameters, module._buffers):
+                        for name, t in list(store.items()):
+                            if t is None:
+                                continue
+                            swapped.append((store, name, t))
+                            alias = _alias(t) if t.is_inference() else t.detach()
+                            store[name] = torch.nn.Parameter(alias, requires_grad=False) if store is module._parameters else alias
+                    if isinstance(module, comfy.clip_model.CLIPLayer) and "forward" not in module.__dict__:
+                        module.forward = _out_of_place_clip_layer(module)
+                        patched_layers.append(module)
+            yield
+        finally:
+            for store, name, original in reversed(swapped):
+                store[name] = original
+            for layer in patched_layers:
+                layer.__dict__.pop("forward", None)
+
+
+def load_for_training(model, clip) -> None:
+    """Load MODEL and CLIP together through ComfyUI's model management (devices, offloading)."""
+    comfy.model_management.load_models_gpu([model, clip.patcher])
+
+
+def training_device(model) -> torch.device:
+    return model.load_device
+
+
+def throw_if_interrupted() -> None:
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+# ---------------------------------------------------------------------------------------------
+# Diffusion
+
+
+def sample_sigmas(model, u: torch.Tensor) -> torch.Tensor:
+    """Training noise levels: u in [0, 1) maps uniformly over the model's timesteps."""
+    sampling = model.get_model_object("model_sampling")
+    steps = len(sampling.sigmas) if hasattr(sampling, "sigmas") else 1000
+    return sampling.sigma(u * (steps - 1)).to(torch.float32)
+
+
+def noisy_latents(model, sigmas: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    sampling = model.get_model_object("model_sampling")
+    return sampling.noise_scaling(sigmas.view(-1, 1, 1, 1), noise, x0)
+
+
+def process_latents_in(model, latents: torch.Tensor) -> torch.Tensor:
+    return model.model.process_latent_in(latents)
+
+
+def denoise(model, xt: torch.Tensor, sigmas: torch.Tensor, cond: torch.Tensor, pooled: torch.Tensor | None,
+            pixel_size: tuple[int, int]) -> torch.Tensor:
+    """The model's x0 prediction for noisy latents, given text conditioning (differentiable in cond)."""
+    base = model.model
+    kwargs = {}
+    if isinstance(base, comfy.model_base.SDXL):
+        height, width = pixel_size
+        kwargs["y"] = base.encode_adm(pooled_output=pooled, width=width, height=height,
+                                      target_width=width, target_height=height)
+    transformer_options = dict(model.model_options.get("transformer_options", {}))
+    return base.apply_model(xt, sigmas, c_crossattn=cond, transformer_options=transformer_options, **kwargs)
+
+
+def encode_images(vae, images: torch.Tensor) -> torch.Tensor:
+    """VAE latents (posterior mean, as ComfyUI's VAEEncode) for an IMAGE batch [B, H, W, C]."""
+    return vae.encode(images[:, :, :, :3])
+
+
+def decode_latents(model, vae, latents: torch.Tensor) -> torch.Tensor:
+    return vae.decode(model.model.process_latent_out(latents))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling previews with the current vectors
+
+
+def sample_preview(model, clip, vae, tokens: dict, negative_tokens: dict, seed: int, steps: int, cfg: float,
+                   height: int, width: int) -> torch.Tensor:
+    """An IMAGE [1, H, W, 3] from ComfyUI's own sampler with the given (slot-filled) prompt rows."""
+    import comfy.sample
+    import comfy.samplers
+
+    def conditioning(tok):
+        cond, pooled = encode_tokens(clip, tok)
+        extra = {"pooled_output": pooled} if pooled is not None else {}
+        return [[cond, extra]]
+
+    with torch.no_grad():
+        clip.load_model()
+        positive = conditioning(tokens)
+        negative = conditioning(negative_tokens)
+        latent = torch.zeros([1, 4, height // 8, width // 8])
+        noise = comfy.sample.prepare_noise(latent, seed)
+        samples = comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", positive, negative, latent,
+                                      denoise=1.0, seed=seed, disable_pbar=True)
+        return vae.decode(samples)
+
+
+# ---------------------------------------------------------------------------------------------
+# Folders
+
+
+def embedding_folders() -> list[str]:
+    return list(folder_paths.get_folder_paths("embeddings"))
+
+
+def primary_embedding_folder() -> str:
+    folders = embedding_folders()
+    if not folders:
+        raise TrainingError("ComfyUI has no embeddings folder configured (check extra_model_paths.yaml)")
+    return folders[0]
+
+
+def embedding_files() -> list[str]:
+    """Every embedding file name ComfyUI lists (relative, with extension)."""
+    return list(folder_paths.get_filename_list("embeddings"))
+
+
+def embedding_path(name: str) -> str | None:
+    """The full path of a listed embedding (None when ComfyUI does not list it)."""
+    return folder_paths.get_full_path("embeddings", name)
+
+
+def temp_folder() -> str:
+    return folder_paths.get_temp_directory()
+
+
+def output_folder() -> str:
+    return folder_paths.get_output_directory()
+
+
+def widths_match(clip_encoders: list[Encoder]) -> bool:
+    return all(ENCODER_WIDTHS.get(e.key) in (None, e.width) for e in clip_encoders)
+
+
+def encode_distribution(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image latent mean and standard deviation (VAE run once), for the latent sampling modes.
+
+    ComfyUI's VAE.encode returns the posterior mode; the spread comes from the KL autoencoder's own
+    encoder + quant_conv. Other VAEs get a zero spread (every mode then uses the mean).
+    """
+    mean = encode_images(vae, images)
+    first_stage = getattr(vae, "first_stage_model", None)
+    if not all(hasattr(first_stage, a) for a in ("encoder", "quant_conv")) or getattr(first_stage, "max_batch_size", None):
+        return mean, torch.zeros_like(mean)
+    with torch.no_grad():
+        pixels = vae.process_input(images[:, :, :, :3].movedim(-1, 1)).to(vae.vae_dtype).to(vae.device)
+        moments = first_stage.quant_conv(first_stage.encoder(pixels)).float()
+        logvar = moments.chunk(2, dim=1)[1].clamp(-30.0, 20.0)
+        std = torch.exp(0.5 * logvar).to(mean.device)
+    if std.shape != mean.shape:
+        return mean, torch.zeros_like(mean)
+    return mean, std

@@ -1,0 +1,101 @@
+"""Training prompts: template presets, `[name]` / `[filewords]` substitution, caption tag shuffle/dropout.
+
+`[name]` marks where the trainable vectors go; `[filewords]` is replaced by the image's caption.
+Preset lists are short descriptions in the spirit of the textual-inversion paper's object and
+style prompts (written for TokenSmith).
+"""
+
+from __future__ import annotations
+
+import random
+
+from .errors import TrainingError
+
+OBJECT_TEMPLATES = [
+    "a photo of [name]",
+    "a close-up photo of [name]",
+    "a bright photo of [name]",
+    "a dark photo of [name]",
+    "a cropped photo of [name]",
+    "a good photo of [name]",
+    "a photo of one [name]",
+    "a rendition of [name]",
+    "a picture of [name]",
+    "a clean photo of [name]",
+    "a small [name] in a photo",
+    "a large [name] in a photo",
+]
+
+STYLE_TEMPLATES = [
+    "a painting in the style of [name]",
+    "a picture in the style of [name]",
+    "an illustration in the style of [name]",
+    "a rendering in the style of [name]",
+    "a cropped painting in the style of [name]",
+    "a good painting in the style of [name]",
+    "a bright picture in the style of [name]",
+    "a dark picture in the style of [name]",
+    "a close-up painting in the style of [name]",
+    "art in the style of [name]",
+]
+
+# For negative embeddings the concept is the whole picture: the caption, if any, plus the vectors.
+NEGATIVE_TEMPLATES = ["[name]", "[filewords], [name]"]
+
+PRESETS = {"object": OBJECT_TEMPLATES, "style": STYLE_TEMPLATES, "negative": NEGATIVE_TEMPLATES}
+MAX_TEMPLATE_LINES = 1000
+MAX_LINE_LENGTH = 2000
+
+
+def template_lines(preset: str, custom: str = "") -> list[str]:
+    """The template list for a preset name, or the custom text's non-empty lines when preset is 'custom'."""
+    if preset == "custom":
+        if len(custom) > MAX_TEMPLATE_LINES * MAX_LINE_LENGTH:
+            raise TrainingError("the custom template is too long")
+        lines = [line.strip() for line in custom.splitlines() if line.strip()]
+        if not lines:
+            raise TrainingError("the custom template is empty: write one prompt per line, with [name] where the keyword goes")
+        if len(lines) > MAX_TEMPLATE_LINES:
+            raise TrainingError(f"the custom template has {len(lines)} lines; at most {MAX_TEMPLATE_LINES}")
+        missing = [line for line in lines if "[name]" not in line]
+        if missing:
+            raise TrainingError(f"every template line needs [name] (where the embedding goes); this one has none: {missing[0]!r}")
+        return lines
+    if preset not in PRESETS:
+        raise TrainingError(f"unknown template preset {preset!r}; choose one of {sorted(PRESETS)} or 'custom'")
+    return list(PRESETS[preset])
+
+
+def split_captions(text: str, count: int) -> list[str]:
+    """One caption per image from one-line-per-image text (a single line is used for every image)."""
+    lines = [line.strip() for line in (text or "").splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    if not lines:
+        return [""] * count
+    if len(lines) == 1:
+        return lines * count
+    if len(lines) != count:
+        raise TrainingError(f"got {len(lines)} caption lines for {count} images: give one line per image, or one line for all")
+    return lines
+
+
+def shape_caption(caption: str, rng: random.Random, shuffle: bool, dropout: float, keep_first: int = 0) -> str:
+    """Comma-separated tags shuffled and/or dropped (the first keep_first tags stay in place)."""
+    if not caption or (not shuffle and dropout <= 0):
+        return caption
+    tags = [t.strip() for t in caption.split(",") if t.strip()]
+    head, tail = tags[:keep_first], tags[keep_first:]
+    if dropout > 0:
+        tail = [t for t in tail if rng.random() >= dropout]
+    if shuffle:
+        rng.shuffle(tail)
+    return ", ".join(head + tail)
+
+
+def render(template: str, caption: str) -> str:
+    """A prompt from a template line: [filewords] becomes the caption; [name] stays for the vectors."""
+    text = template.replace("[filewords]", caption)
+    # tidy what an empty caption leaves behind (", ," or a leading comma)
+    parts = [p.strip() for p in text.split(",")]
+    return ", ".join(p for p in parts if p)

@@ -1,0 +1,83 @@
+"""Every training setting in one validated object (checked before any expensive work starts)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+
+from .embedding import MAX_VECTORS
+from .errors import TrainingError
+from .names import validate_name
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LATENT_SAMPLING = ("deterministic", "once", "random")
+NORM_MODES = ("none", "clamp", "median")
+CLIP_MODES = ("none", "norm", "value")
+
+
+@dataclass
+class TrainConfig:
+    name: str = "my-embedding"
+    init_text: str = "*"
+    num_vectors: int = 4
+    template: str = "object"  # object / style / negative / custom
+    custom_template: str = ""
+    shuffle_tags: bool = False
+    tag_dropout: float = 0.0
+    steps: int = 300
+    learning_rate: str = "5e-3"  # A1111 schedule syntax: "0.005:100, 1e-3:1000, 1e-5"
+    lr_warmup_steps: int = 0
+    lr_shape: str = "steps"  # steps (as written) / cosine (decay to the last rate) / constant
+    batch_size: int = 1
+    gradient_accumulation: int = 1
+    seed: int = 0
+    precision: str = "auto"
+    gradient_checkpointing: bool = False
+    latent_sampling: str = "deterministic"
+    flip: bool = False
+    clip_mode: str = "norm"
+    clip_value: float = 1.0
+    norm_mode: str = "none"
+    max_norm: float = 0.0  # for norm_mode "clamp"; 0 = the vocabulary's largest norm
+    min_snr_gamma: float = 0.0  # 0 = off
+    validate_every: int = 25
+    validation_samples: int = 8
+    early_stop_patience: int = 0  # validations without improvement before stopping; 0 = never stop early
+    save_every: int = 0
+    preview_every: int = 0
+    preview_prompt: str = "a photo of [name]"
+    preview_seed: int = 0
+    preview_steps: int = 12
+    crop_to_multiple_of_8: bool = False
+
+    def validate(self) -> TrainConfig:
+        validate_name(self.name)
+        if not 1 <= self.num_vectors <= MAX_VECTORS:
+            raise TrainingError(f"num_vectors must be 1..{MAX_VECTORS} (one CLIP chunk), got {self.num_vectors}")
+        if self.steps < 1:
+            raise TrainingError("steps must be at least 1: a run of 0 steps would save the untrained init vectors")
+        if self.batch_size < 1 or self.gradient_accumulation < 1:
+            raise TrainingError("batch_size and gradient_accumulation must be at least 1")
+        if not 0.0 <= self.tag_dropout < 1.0:
+            raise TrainingError("tag_dropout must be in [0, 1)")
+        for field_name, allowed in (("precision", PRECISIONS), ("latent_sampling", LATENT_SAMPLING),
+                                    ("norm_mode", NORM_MODES), ("clip_mode", CLIP_MODES),
+                                    ("lr_shape", ("steps", "cosine", "constant"))):
+            value = getattr(self, field_name)
+            if value not in allowed:
+                raise TrainingError(f"{field_name} must be one of {list(allowed)}, got {value!r}")
+        for field_name in ("clip_value", "max_norm", "min_snr_gamma"):
+            value = getattr(self, field_name)
+            if not math.isfinite(value) or value < 0:
+                raise TrainingError(f"{field_name} must be a finite number >= 0, got {value}")
+        if self.validate_every < 0 or self.save_every < 0 or self.preview_every < 0 or self.early_stop_patience < 0:
+            raise TrainingError("validate_every, save_every, preview_every and early_stop_patience cannot be negative")
+        if self.early_stop_patience and not self.validate_every:
+            raise TrainingError("early stopping needs validation: set validate_every above 0")
+        if not 1 <= self.validation_samples <= 256:
+            raise TrainingError("validation_samples must be 1..256")
+        return self
+
+    def to_metadata(self) -> dict[str, str]:
+        return {"tokensmith.training": json.dumps(asdict(self), sort_keys=True)}
