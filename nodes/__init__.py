@@ -1,3 +1,5 @@
 """TokenSmith's V3 nodes, one module per concern. NODE_LIST is what the extension registers."""
 
-NODE_LIST: list = []
+from . import train
+
+NODE_LIST: list = [*train.NODES]
