@@ -167,7 +167,8 @@ def build_tiny(family: str, seed: int = 0) -> ModelSet:
 # The smallest UNet ComfyUI's model detection still calls SD1.5 (model_channels 320, context 768).
 SD15_CHECKPOINT_UNET = {
     **_UNET_COMMON, "model_channels": 320, "adm_in_channels": None, "context_dim": 768,
-    "use_linear_in_transformer": False, "transformer_depth": [1, 1], "transformer_depth_output": [1, 1, 1, 1],
+    "use_linear_in_transformer": False, "channel_mult": [1], "num_res_blocks": [1],
+    "transformer_depth": [1], "transformer_depth_output": [1, 1],
 }
 
 
@@ -177,6 +178,7 @@ def write_sd15_checkpoint(path, seed: int = 0) -> None:
     import comfy.sd
     import comfy.sd1_clip
     import comfy.supported_models
+    import comfy.utils
 
     with torch.inference_mode():
         model = _model(comfy.supported_models.SD15, SD15_CHECKPOINT_UNET, seed)
@@ -185,5 +187,7 @@ def write_sd15_checkpoint(path, seed: int = 0) -> None:
             vae = comfy.sd.VAE(sd={"decoder.conv_in.weight": torch.zeros(512, 4, 3, 3),
                                    "post_quant_conv.weight": torch.zeros(4, 4, 1, 1)}, dtype=torch.float32)
         fill_seeded(vae.first_stage_model, seed + 2)
-        comfy.sd.save_checkpoint(str(path), model, clip=clip, vae=vae,
-                                 metadata={"tokensmith.note": "random weights, for tests and the demo only"})
+        sd = model.model.state_dict_for_saving(clip.get_sd(), vae.get_sd(), None)
+        # fp16, as most published SD1.5 checkpoints are stored
+        sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+        comfy.utils.save_torch_file(sd, str(path), metadata={"tokensmith.note": "random weights, for tests and the demo only"})

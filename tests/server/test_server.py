@@ -1,0 +1,73 @@
+"""The pack in a real ComfyUI server: node listing, a training workflow through /prompt on the
+real-architecture SD1.5 checkpoint, the trained embedding used by a KSampler in the same graph."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+
+from devkit.make_checkpoint import CHECKPOINT_NAME
+from devkit.server import error_message
+
+pytestmark = pytest.mark.slow
+
+TOKENSMITH_NODES = {"TokenSmithTrainEmbedding", "TokenSmithLossGraph"}
+
+
+def train_and_sample_workflow(name: str, steps: int = 3) -> dict:
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
+        "2": {"class_type": "LoadImageTextDataSetFromFolder", "inputs": {"folder": "ts_rings"}},
+        "3": {"class_type": "TokenSmithTrainEmbedding", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "images": ["2", 0], "captions": ["2", 1],
+            "name": name, "init_text": "ring", "num_vectors": 2, "template": "custom",
+            "custom_template": "a photo of [name], [filewords]", "steps": steps, "learning_rate": "5e-3",
+            "batch_size": 1, "seed": 0, "overwrite": True, "validate_every": 0}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": ["3", 1], "clip": ["1", 1]}},
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "7": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "seed": 1, "steps": 2, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
+            "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["6", 0], "denoise": 1.0}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "tokensmith_test"}},
+    }
+
+
+def test_object_info_lists_every_tokensmith_node(server):
+    info = server.get("/object_info")
+    ours = {k for k in info if k.startswith("TokenSmith")}
+    assert TOKENSMITH_NODES <= ours, ours
+    train = info["TokenSmithTrainEmbedding"]
+    assert {"model", "clip", "vae", "images"} <= set(train["input"]["required"])
+    assert "Traceback" not in server.log_tail(20000)
+    assert "IMPORT FAILED" not in server.log_tail(20000)
+
+
+def test_train_through_prompt_and_use_embedding_in_ksampler(server):
+    entry = server.run(train_and_sample_workflow("server-ring"), timeout=900)
+    assert error_message(entry) is None, error_message(entry) + "\n" + server.log_tail()
+    assert entry["status"]["status_str"] == "success"
+    images = entry["outputs"]["9"]["images"]
+    assert len(images) == 1
+    saved = server.base / "models" / "embeddings" / "server-ring.safetensors"
+    assert saved.is_file()
+    log = server.log_tail(50000)
+    assert "embedding:server-ring does not exist" not in log
+    assert "shape mismatch" not in log
+    listed = {e["name"]: e for e in server.get("/tokensmith/embeddings")}
+    assert listed["server-ring"]["family"] == "sd1"
+    assert listed["server-ring"]["encoders"] == {"clip_l": [2, 768]}
+    runs = server.get("/tokensmith/runs")
+    assert runs and runs[-1]["name"] == "server-ring" and runs[-1]["finished"]
+    assert [e["step"] for e in runs[-1]["events"] if "step" in e][-1] == 3
+
+
+def test_embeddings_route_checks_names(server):
+    req = urllib.request.Request(server.url + "/tokensmith/embeddings/info?name=../../etc/passwd")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)
+    assert err.value.code == 400
+    assert "outside" in json.loads(err.value.read())["error"] or ".." in json.loads(err.value.read() or b"{}").get("error", "..")
