@@ -25,14 +25,13 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import torch
-
 import comfy.clip_model
 import comfy.model_base
 import comfy.model_management
 import comfy.model_sampling
 import comfy.sd1_clip
 import folder_paths
+import torch
 
 from .tokensmith.embedding import ENCODER_WIDTHS, family_of
 from .tokensmith.errors import FamilyMismatchError, TrainingError
@@ -179,6 +178,32 @@ def text_to_vectors(clip, text: str) -> dict[str, torch.Tensor]:
 def token_strings(encoder: Encoder, ids) -> list[str]:
     inv = encoder.tokenizer.inv_vocab
     return [inv.get(int(i), f"<{int(i)}>").replace("</w>", "") for i in ids]
+
+
+def encoder_by_key(clip, key: str) -> Encoder | None:
+    return next((e for e in encoders_of(clip) if e.key == key), None)
+
+
+def vocabulary_norms(encoder: Encoder) -> dict[str, float]:
+    """Median, mean and max L2 norm of the encoder's token vectors (the 'typical' norm)."""
+    norms = token_table(encoder).detach().float().norm(dim=-1)
+    return {"median": float(norms.median()), "mean": float(norms.mean()), "max": float(norms.max()),
+            "min": float(norms.min())}
+
+
+def nearest_tokens(encoder: Encoder, vectors: torch.Tensor, k: int = 10) -> list[list[tuple[str, float]]]:
+    """For each vector [n, width]: the k vocabulary tokens with the highest cosine similarity."""
+    table = token_table(encoder).detach().float()
+    vecs = vectors.detach().float().to(table.device)
+    if vecs.shape[-1] != table.shape[-1]:
+        raise FamilyMismatchError(f"vectors of width {vecs.shape[-1]} cannot be compared with {encoder.key} "
+                                  f"(width {table.shape[-1]})")
+    sims = torch.nn.functional.normalize(vecs, dim=-1) @ torch.nn.functional.normalize(table, dim=-1).T
+    top = sims.topk(min(k, table.shape[0]), dim=-1)
+    out = []
+    for values, ids in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+        out.append(list(zip(token_strings(encoder, ids), values, strict=True)))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 def make_images(count: int = 6, size: int = 64, seed: int = 0) -> list[tuple[Image.Image, str]]:
     rng = random.Random(seed)
     out = []
-    for i in range(count):
+    for _i in range(count):
         bg = tuple(rng.randrange(150, 256) for _ in range(3))
         img = Image.new("RGB", (size, size), bg)
         draw = ImageDraw.Draw(img)
