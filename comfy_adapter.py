@@ -71,6 +71,8 @@ def check_host() -> list[str]:
     need(comfy.model_sampling, "V_PREDICTION", "comfy.model_sampling.V_PREDICTION")
     need(comfy.model_base.BaseModel, "apply_model", "comfy.model_base.BaseModel.apply_model")
     need(folder_paths, "get_folder_paths", "folder_paths.get_folder_paths")
+    need(folder_paths, "recursive_search", "folder_paths.recursive_search")
+    need(folder_paths, "filter_files_extensions", "folder_paths.filter_files_extensions")
     tok = getattr(comfy.sd1_clip, "SDTokenizer", None)
     if tok is not None:
         for attr in ("tokenize_with_weights", "_try_get_embedding"):
@@ -204,6 +206,29 @@ def nearest_tokens(encoder: Encoder, vectors: torch.Tensor, k: int = 10) -> list
     for values, ids in zip(top.values.tolist(), top.indices.tolist(), strict=True):
         out.append(list(zip(token_strings(encoder, ids), values, strict=True)))
     return out
+
+
+def nearest_token_ids(encoder: Encoder, vectors: torch.Tensor) -> torch.Tensor:
+    """For each vector [n, width]: the id of the vocabulary token with the highest cosine similarity."""
+    table = token_table(encoder).detach().float()
+    vecs = vectors.detach().float().to(table.device)
+    if vecs.shape[-1] != table.shape[-1]:
+        raise FamilyMismatchError(f"vectors of width {vecs.shape[-1]} cannot be compared with {encoder.key} "
+                                  f"(width {table.shape[-1]})")
+    sims = torch.nn.functional.normalize(vecs, dim=-1) @ torch.nn.functional.normalize(table, dim=-1).T
+    return sims.argmax(dim=-1).cpu()
+
+
+def special_token_id(encoder: Encoder, which: str) -> int:
+    """The id ComfyUI's tokenizer for this encoder puts at the 'start', at the 'end', or as 'pad'
+    (SDXL's clip_g pads with 0, the others with the end token)."""
+    attr = {"start": "start_token", "end": "end_token", "pad": "pad_token"}.get(which)
+    if attr is None:
+        raise FamilyMismatchError(f"unknown special token {which!r}; use start, end or pad")
+    value = getattr(encoder.tokenizer, attr, None)
+    if value is None:
+        raise FamilyMismatchError(f"the {encoder.key} tokenizer of this CLIP has no {which} token")
+    return int(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,11 +447,10 @@ def decode_latents(model, vae, latents: torch.Tensor) -> torch.Tensor:
 # Sampling previews with the current vectors
 
 
-def sample_preview(model, clip, vae, tokens: dict, negative_tokens: dict, seed: int, steps: int, cfg: float,
-                   height: int, width: int) -> torch.Tensor:
-    """An IMAGE [1, H, W, 3] from ComfyUI's own sampler with the given (slot-filled) prompt rows."""
+def sample_latents(model, clip, tokens: dict, negative_tokens: dict, seed: int, steps: int, cfg: float,
+                   height: int, width: int, batch: int = 1) -> torch.Tensor:
+    """Latents from ComfyUI's own sampler (euler, normal) for the given (slot-filled) prompt rows."""
     import comfy.sample
-    import comfy.samplers
 
     def conditioning(tok):
         cond, pooled = encode_tokens(clip, tok)
@@ -437,10 +461,17 @@ def sample_preview(model, clip, vae, tokens: dict, negative_tokens: dict, seed: 
         clip.load_model()
         positive = conditioning(tokens)
         negative = conditioning(negative_tokens)
-        latent = torch.zeros([1, 4, height // 8, width // 8])
+        latent = torch.zeros([batch, 4, height // 8, width // 8])
         noise = comfy.sample.prepare_noise(latent, seed)
-        samples = comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", positive, negative, latent,
-                                      denoise=1.0, seed=seed, disable_pbar=True)
+        return comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", positive, negative, latent,
+                                   denoise=1.0, seed=seed, disable_pbar=True)
+
+
+def sample_preview(model, clip, vae, tokens: dict, negative_tokens: dict, seed: int, steps: int, cfg: float,
+                   height: int, width: int) -> torch.Tensor:
+    """An IMAGE [1, H, W, 3] sampled with the given prompt rows and decoded by the VAE."""
+    samples = sample_latents(model, clip, tokens, negative_tokens, seed, steps, cfg, height, width)
+    with torch.no_grad():
         return vae.decode(samples)
 
 
@@ -467,6 +498,16 @@ def embedding_files() -> list[str]:
 def embedding_path(name: str) -> str | None:
     """The full path of a listed embedding (None when ComfyUI does not list it)."""
     return folder_paths.get_full_path("embeddings", name)
+
+
+def embedding_card_files() -> list[str]:
+    """A1111 PNG embeddings (.png) in the embeddings folders, relative names; ComfyUI's own list
+    leaves them out because its prompt parser cannot read them."""
+    found: set[str] = set()
+    for folder in embedding_folders():
+        files, _ = folder_paths.recursive_search(folder, excluded_dir_names=[".git"])
+        found.update(folder_paths.filter_files_extensions(files, {".png"}))
+    return sorted(found)
 
 
 def temp_folder() -> str:

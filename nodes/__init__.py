@@ -3,3 +3,11 @@
 from . import train
 
 NODE_LIST: list = [*train.NODES]
+
+from . import prompt  # noqa: E402
+
+NODE_LIST += prompt.NODES
+
+from . import files, inspect, merge  # noqa: E402
+
+NODE_LIST += [*files.NODES, *inspect.NODES, *merge.NODES]
