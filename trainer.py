@@ -83,13 +83,22 @@ def _step_seed(seed: int, step: int, salt: int = 0) -> int:
 
 
 class Trainer:
-    def __init__(self, model, clip, vae, images: torch.Tensor, config: TrainConfig, *, masks: torch.Tensor | None = None,
-                 captions: str = "", resume_from: str = "", overwrite: bool = False,
+    def __init__(self, model, clip, vae, images: torch.Tensor | None, config: TrainConfig, *,
+                 masks: torch.Tensor | None = None, latents: torch.Tensor | None = None, captions: str = "",
+                 resume_from: str = "", overwrite: bool = False,
                  on_progress: Callable[[TrainProgress], None] | None = None):
         self.model, self.clip, self.vae = model, clip, vae
         self.cfg = config.validate()
         self.overwrite = overwrite
         self.on_progress = on_progress or (lambda p: None)
+        self.given_latents = None
+        if latents is not None:
+            # Precomputed latents (e.g. from VAEEncode) replace the images; the VAE is not needed.
+            self.given_latents = self._check_latents(latents)
+            pixels = self.given_latents.shape
+            images = torch.zeros(pixels[0], pixels[2] * 8, pixels[3] * 8, 3)
+        elif vae is None:
+            raise TrainingError("connect a VAE (it encodes the images once), or give latents instead of images")
         self.images, self.masks = self._check_images(images, masks)
         self.captions = split_captions(captions, self.images.shape[0])
         self.templates = template_lines(self.cfg.template, self.cfg.custom_template)
@@ -139,6 +148,14 @@ class Trainer:
                 raise TrainingError("a mask is all zero: that image would teach nothing; fix or remove it")
         return images, masks
 
+    def _check_latents(self, latents) -> torch.Tensor:
+        samples = latents["samples"] if isinstance(latents, dict) else latents
+        if not torch.is_tensor(samples) or samples.dim() != 4 or samples.shape[0] == 0:
+            raise TrainingError("latents must be a LATENT batch [B, C, H, W] with at least one item")
+        if not torch.isfinite(samples).all():
+            raise TrainingError("the latents contain NaN or infinite values")
+        return samples
+
     def _check_family(self) -> str:
         model_fam = adapter.model_family(self.model)
         clip_fam = adapter.clip_family(self.clip)
@@ -166,7 +183,13 @@ class Trainer:
             images = torch.cat([images, images.flip(2)])
             self.masks = None if self.masks is None else torch.cat([self.masks, self.masks.flip(2)])
             self.captions = self.captions * 2
-        mean, std = adapter.encode_distribution(self.vae, images)
+        if self.given_latents is not None:
+            mean = self.given_latents
+            if self.cfg.flip:
+                mean = torch.cat([mean, mean.flip(3)])
+            std = torch.zeros_like(mean)
+        else:
+            mean, std = adapter.encode_distribution(self.vae, images)
         with torch.inference_mode(False):
             self.latent_mean = mean.clone().float()
             self.latent_std = std.clone().float()

@@ -22,6 +22,52 @@ def _console_bar(total: int, initial: int):
     return tqdm(total=total, initial=initial, desc="TokenSmith", unit="step", dynamic_ncols=True)
 
 
+def first(value):
+    """One value of an input that arrived as a list (is_input_list)."""
+    return value[0] if isinstance(value, list) and value else value
+
+
+def gather_images(items) -> torch.Tensor:
+    """One IMAGE (or MASK) batch from a list of batches that must share a size."""
+    items = items if isinstance(items, list) else [items]
+    items = [t for t in items if t is not None]
+    if not items:
+        return torch.zeros(0, 8, 8, 3)
+    sizes = {tuple(t.shape[1:]) for t in items}
+    if len(sizes) > 1:
+        from ..tokensmith.errors import TrainingError
+
+        raise TrainingError(
+            f"the images have different sizes {sorted(sizes)[:4]}: make them one size first (e.g. core's "
+            "'Resize Images by Shorter Edge' + 'Center Crop Images' nodes, or ImageScale)"
+        )
+    return torch.cat(items, dim=0)
+
+
+def gather_latents(items):
+    """One latent batch [B, C, H, W] from LATENT dicts (a list when is_input_list), or None."""
+    if items is None:
+        return None
+    items = items if isinstance(items, list) else [items]
+    samples = [i["samples"] if isinstance(i, dict) else i for i in items if i is not None]
+    return gather_images(samples) if samples else None
+
+
+def gather_captions(items, count: int) -> str:
+    """Caption text, one line per image, from a multiline string or a list of captions (one per image)."""
+    if items is None:
+        return ""
+    items = items if isinstance(items, list) else [items]
+    items = ["" if c is None else str(c) for c in items]
+    if len(items) == 1:
+        return items[0]
+    if len(items) == count:
+        return "\n".join(c.replace("\n", " ") for c in items)
+    from ..tokensmith.errors import TrainingError
+
+    raise TrainingError(f"got {len(items)} captions for {count} images: give one per image")
+
+
 class TrainEmbedding(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -35,11 +81,15 @@ class TrainEmbedding(io.ComfyNode):
                 "Use the `prompt` output (embedding:NAME) in a prompt."
             ),
             is_output_node=True,
+            # Lists in: core's dataset loaders (LoadImageTextDataSetFromFolder...) give one image and
+            # one caption per list item; they are gathered into one batch here.
+            is_input_list=True,
             inputs=[
                 io.Model.Input("model", tooltip="The MODEL from your checkpoint loader (SD1.x, SD2.x or SDXL)."),
                 io.Clip.Input("clip", tooltip="The CLIP from the same checkpoint loader."),
-                io.Vae.Input("vae", tooltip="The VAE: each image is encoded once, before training."),
-                io.Image.Input("images", tooltip="5-20 pictures of the concept (same size, a multiple of 8 pixels)."),
+                io.Vae.Input("vae", optional=True, tooltip="The VAE: each image is encoded once, before training."),
+                io.Image.Input("images", optional=True,
+                               tooltip="5-20 pictures of the concept (same size, a multiple of 8 pixels)."),
                 io.String.Input("name", default=_DEFAULTS.name,
                                 tooltip="Keyword and file name: letters, digits, . _ - (and / for subfolders)."),
                 io.String.Input("init_text", default=_DEFAULTS.init_text,
@@ -57,6 +107,8 @@ class TrainEmbedding(io.ComfyNode):
                 io.Int.Input("seed", default=_DEFAULTS.seed, min=0, max=2**31 - 1, control_after_generate=False),
                 io.Boolean.Input("overwrite", default=False,
                                  tooltip="Replace an existing embedding of the same name."),
+                io.Latent.Input("latents", optional=True,
+                                tooltip="Instead of images + VAE: an already encoded LATENT batch (e.g. from VAE Encode)."),
                 io.Mask.Input("masks", optional=True,
                               tooltip="Per-pixel loss weight (white = learn this, black = ignore), one per image."),
                 io.String.Input("captions", optional=True, multiline=True, default="",
@@ -111,9 +163,21 @@ class TrainEmbedding(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip, vae, images, name, init_text, num_vectors, template, steps, learning_rate,
-                batch_size, seed, overwrite, masks=None, captions="", custom_template="", **advanced) -> io.NodeOutput:
+    def execute(cls, model, clip, name, init_text, num_vectors, template, steps, learning_rate, batch_size, seed,
+                overwrite, vae=None, images=None, latents=None, masks=None, captions=None, custom_template=None,
+                **advanced) -> io.NodeOutput:
         import comfy.utils
+
+        latents = gather_latents(latents)
+        images = None if images is None else gather_images(images)
+        masks = None if masks is None else gather_images(masks)
+        count = latents.shape[0] if latents is not None else (0 if images is None else images.shape[0])
+        captions = gather_captions(captions, count)
+        model, clip, name, init_text, num_vectors, template, steps, learning_rate, batch_size, seed, overwrite = (
+            first(v) for v in (model, clip, name, init_text, num_vectors, template, steps, learning_rate,
+                               batch_size, seed, overwrite))
+        custom_template = first(custom_template) or ""
+        advanced = {k: first(v) for k, v in advanced.items()}
 
         config = TrainConfig(name=name.strip(), init_text=init_text, num_vectors=num_vectors, template=template,
                              custom_template=custom_template or "", steps=steps, learning_rate=learning_rate,
@@ -139,7 +203,7 @@ class TrainEmbedding(io.ComfyNode):
                 event["preview"] = server_routes.preview_to_data_url(p.preview)
             server_routes.publish(run_id, event)
 
-        trainer = Trainer(model, clip, vae, images, config, masks=masks, captions=captions or "",
+        trainer = Trainer(model, clip, first(vae), images, config, masks=masks, latents=latents, captions=captions,
                           resume_from=advanced.get("resume_from", "") or "", overwrite=overwrite,
                           on_progress=on_progress)
         server_routes.start_run(run_id, node_id, steps, config.name)
