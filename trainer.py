@@ -46,6 +46,7 @@ from .tokensmith.writer import atomic_write_bytes, save_embedding
 
 STATE_SUBFOLDER = "tokensmith_state"  # resume state lives in ComfyUI's output folder, never next to embeddings
 PROGRESS_EVERY_S = 0.5
+MAX_LEARNING_RATE = 1000.0  # beyond this AdamW's step size overflows float32 within a few steps
 
 
 @dataclass
@@ -103,6 +104,12 @@ class Trainer:
         self.captions = split_captions(captions, self.images.shape[0])
         self.templates = template_lines(self.cfg.template, self.cfg.custom_template)
         self.schedule = parse_schedule(self.cfg.learning_rate, self.cfg.steps, self.cfg.lr_warmup_steps, self.cfg.lr_shape)
+        top_rate = max([r for r, _ in self.schedule.points] + [self.schedule.floor])
+        if top_rate > MAX_LEARNING_RATE:
+            raise TrainingError(
+                f"learning rate {top_rate:g} is far too large (textual inversion works around 1e-3 .. 5e-2; "
+                f"the limit is {MAX_LEARNING_RATE:g})"
+            )
         self.family = self._check_family()
         self.prediction = adapter.prediction_type(model)
         self.encoders = adapter.encoders_of(clip)
@@ -419,6 +426,7 @@ class Trainer:
         last_report = 0.0
         stopped_early = False
         val_loss = None
+        attempt = 0
         adapter.load_for_training(self.model, self.clip)
         if self.val_set is not None and start_step == 0:
             with torch.inference_mode(False), adapter.trainable_graph(self.model.model, self.clip.cond_stage_model):
@@ -434,8 +442,9 @@ class Trainer:
             with torch.inference_mode(False), adapter.trainable_graph(self.model.model, self.clip.cond_stage_model):
                 while step < segment_end:
                     next_step = step + 1
-                    gen = torch.Generator().manual_seed(_step_seed(cfg.seed, next_step))
-                    rng = random.Random(_step_seed(cfg.seed, next_step, 5))
+                    # a step retried after a rollback draws other data (the same batch would fail again)
+                    gen = torch.Generator().manual_seed(_step_seed(cfg.seed, next_step, 101 * attempt))
+                    rng = random.Random(_step_seed(cfg.seed, next_step, 5 + 101 * attempt))
                     lr = self.schedule.value(next_step) * guard.lr_factor
                     for group in optimizer.param_groups:
                         group["lr"] = lr
@@ -453,6 +462,7 @@ class Trainer:
                         scaler.unscale_(optimizer)
                     status = guard.check(total)
                     if status != NaNGuard.OK:
+                        attempt += 1
                         history.event(next_step, "rollback", lr_factor=guard.lr_factor)
                         self._report(next_step, total, lr, params, None, started, start_step, event=history.events[-1])
                         if scaler:
@@ -470,6 +480,7 @@ class Trainer:
                     for key, p in params.items():
                         norm_controls[key].apply(p.data)
                     step = next_step
+                    attempt = 0
                     norms = {k: float(vector_norms(p).mean()) for k, p in params.items()}
                     history.record(step, total, lr, sum(norms.values()) / len(norms))
                     val_loss = None

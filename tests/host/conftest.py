@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 
 import pytest
-import torch
 
 from devkit import comfy_host
 
@@ -65,20 +64,3 @@ def sdxl(comfy_base):
 @pytest.fixture(scope="session")
 def models(sd1, sd2, sdxl):
     return {"sd1": sd1, "sd2": sd2, "sdxl": sdxl}
-
-
-def weights_snapshot(model_set) -> dict[str, torch.Tensor]:
-    """Copies of every UNet and text-encoder tensor, to prove training changed none of them."""
-    out = {}
-    with torch.inference_mode():
-        for prefix, module in (("unet.", model_set.model.model), ("clip.", model_set.clip.cond_stage_model)):
-            for k, v in module.state_dict().items():
-                out[prefix + k] = v.clone()
-    return out
-
-
-def assert_same_weights(before: dict, model_set) -> None:
-    after = weights_snapshot(model_set)
-    assert before.keys() == after.keys()
-    changed = [k for k in before if not torch.equal(before[k], after[k])]
-    assert not changed, f"weights changed: {changed[:5]}"
