@@ -103,7 +103,8 @@ class Trainer:
         self.images, self.masks = self._check_images(images, masks)
         self.captions = split_captions(captions, self.images.shape[0])
         self.templates = template_lines(self.cfg.template, self.cfg.custom_template)
-        self.schedule = parse_schedule(self.cfg.learning_rate, self.cfg.steps, self.cfg.lr_warmup_steps, self.cfg.lr_shape)
+        self.schedule = parse_schedule(self.cfg.learning_rate, self.cfg.steps, self.cfg.lr_warmup_steps,
+                                       self.cfg.schedule_shape())
         top_rate = max([r for r, _ in self.schedule.points] + [self.schedule.floor])
         if top_rate > MAX_LEARNING_RATE:
             raise TrainingError(

@@ -101,8 +101,8 @@ class TrainEmbedding(io.ComfyNode):
                                        "embeddings, or 'custom' lines with [name] and [filewords]."),
                 io.Int.Input("steps", default=_DEFAULTS.steps, min=1, max=1_000_000, tooltip="Optimizer steps."),
                 io.String.Input("learning_rate", default=_DEFAULTS.learning_rate,
-                                tooltip="A rate or an A1111 schedule: '0.005:100, 1e-3:1000, 1e-5'. With "
-                                        "lr_shape=cosine: 'PEAK -> FLOOR'."),
+                                tooltip="'PEAK -> FLOOR' decays along a cosine over the run; a single rate is "
+                                        "constant; A1111 schedules '0.005:100, 1e-3:1000, 1e-5' step as written."),
                 io.Int.Input("batch_size", default=_DEFAULTS.batch_size, min=1, max=64),
                 io.Int.Input("seed", default=_DEFAULTS.seed, min=0, max=2**31 - 1, control_after_generate=False),
                 io.Boolean.Input("overwrite", default=False,
@@ -118,7 +118,9 @@ class TrainEmbedding(io.ComfyNode):
                 io.Boolean.Input("shuffle_tags", optional=True, default=False, tooltip="Shuffle comma-separated caption tags."),
                 io.Float.Input("tag_dropout", optional=True, default=0.0, min=0.0, max=0.95, step=0.05),
                 io.Int.Input("lr_warmup_steps", optional=True, default=_DEFAULTS.lr_warmup_steps, min=0, max=100_000),
-                io.Combo.Input("lr_shape", optional=True, options=["steps", "cosine", "constant"], default=_DEFAULTS.lr_shape),
+                io.Combo.Input("lr_shape", optional=True, options=["auto", "steps", "cosine", "constant"],
+                               default=_DEFAULTS.lr_shape,
+                               tooltip="auto: cosine when learning_rate is 'A -> B', otherwise as written."),
                 io.Int.Input("gradient_accumulation", optional=True, default=1, min=1, max=256),
                 io.Combo.Input("precision", optional=True, options=["auto", "fp32", "bf16", "fp16"], default="auto",
                                tooltip="Autocast for the frozen model; the vectors always stay fp32."),

@@ -14,6 +14,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LATENT_SAMPLING = ("deterministic", "once", "random")
 NORM_MODES = ("none", "clamp", "median")
 CLIP_MODES = ("none", "norm", "value")
+LR_SHAPES = ("auto", "steps", "cosine", "constant")
 
 
 @dataclass
@@ -25,10 +26,12 @@ class TrainConfig:
     custom_template: str = ""
     shuffle_tags: bool = False
     tag_dropout: float = 0.0
-    steps: int = 300
-    learning_rate: str = "5e-3"  # A1111 schedule syntax: "0.005:100, 1e-3:1000, 1e-5"
+    steps: int = 500
+    # "PEAK -> FLOOR" decays along a half cosine; A1111's "0.005:100, 1e-3:1000, 1e-5" steps as written.
+    # The default starts twice as high as A1111's 5e-3 and decays: measured faster to a learned concept.
+    learning_rate: str = "1e-2 -> 5e-4"
     lr_warmup_steps: int = 0
-    lr_shape: str = "steps"  # steps (as written) / cosine (decay to the last rate) / constant
+    lr_shape: str = "auto"  # auto (cosine for "A -> B", else as written) / steps / cosine / constant
     batch_size: int = 1
     gradient_accumulation: int = 1
     seed: int = 0
@@ -63,7 +66,7 @@ class TrainConfig:
             raise TrainingError("tag_dropout must be in [0, 1)")
         for field_name, allowed in (("precision", PRECISIONS), ("latent_sampling", LATENT_SAMPLING),
                                     ("norm_mode", NORM_MODES), ("clip_mode", CLIP_MODES),
-                                    ("lr_shape", ("steps", "cosine", "constant"))):
+                                    ("lr_shape", LR_SHAPES)):
             value = getattr(self, field_name)
             if value not in allowed:
                 raise TrainingError(f"{field_name} must be one of {list(allowed)}, got {value!r}")
@@ -78,6 +81,12 @@ class TrainConfig:
         if not 1 <= self.validation_samples <= 256:
             raise TrainingError("validation_samples must be 1..256")
         return self
+
+    def schedule_shape(self) -> str:
+        """The schedule shape to parse learning_rate with ('auto' resolved from the text)."""
+        if self.lr_shape != "auto":
+            return self.lr_shape
+        return "cosine" if "->" in self.learning_rate else "steps"
 
     def to_metadata(self) -> dict[str, str]:
         return {"tokensmith.training": json.dumps(asdict(self), sort_keys=True)}
