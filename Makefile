@@ -12,6 +12,7 @@ lint: provision
 	$(PY) -m ruff check .
 
 test: provision
+	@bash scripts/install_browser.sh
 	$(PY) -m ruff check .
 	COMFYUI_PATH=$(HOST) $(PY) -m pytest tests
 
