@@ -20,11 +20,11 @@ def make_config(pack, **kw):
     return TrainConfig(**defaults)
 
 
-def run_trainer(pack, ms, images=None, latents=None, overwrite=True, on_progress=None, **kw):
+def run_trainer(pack, ms, images=None, latents=None, overwrite=True, on_progress=None, masks=None, **kw):
     Trainer = pack("trainer").Trainer
     with torch.inference_mode():
         trainer = Trainer(ms.model, ms.clip, ms.vae, images, make_config(pack, **kw), latents=latents,
-                          overwrite=overwrite, on_progress=on_progress)
+                          masks=masks, overwrite=overwrite, on_progress=on_progress)
         return trainer, trainer.run()
 
 
@@ -184,3 +184,50 @@ def test_concept_recovery_closes_most_of_the_gap(pack):
           f"gap closed {closed:.2f}")
     assert start - hidden > 0.05, "the model must prefer the hidden vectors, or the test measures nothing"
     assert closed > 0.5
+
+
+@pytest.mark.parametrize("options", [
+    dict(precision="bf16", gradient_checkpointing=True),
+    dict(latent_sampling="random", flip=True, min_snr_gamma=5.0, norm_mode="median"),
+    dict(latent_sampling="once", norm_mode="clamp", max_norm=0.3, clip_mode="value", clip_value=0.01),
+])
+def test_training_options_run_and_keep_their_promises(pack, sd1, options):
+    _, result = run_trainer(pack, sd1, images(), name="options", steps=3, learning_rate="5e-2", **options)
+    norms = result.embedding.vectors["clip_l"].norm(dim=-1)
+    assert torch.isfinite(result.embedding.vectors["clip_l"]).all()
+    if options.get("norm_mode") == "clamp":
+        assert (norms <= 0.3 + 1e-5).all(), norms
+    if options.get("norm_mode") == "median":
+        median = pack("comfy_adapter").vocabulary_norms(pack("comfy_adapter").encoders_of(sd1.clip)[0])["median"]
+        assert torch.allclose(norms, torch.full_like(norms, median), rtol=1e-4)
+
+
+def test_masked_pixels_do_not_teach(pack, sd1):
+    """Two images that differ only where the mask is zero train exactly the same vectors."""
+    base = images(1)
+    other = base.clone()
+    other[:, :, 32:] = 1.0 - other[:, :, 32:]  # change the right half only
+    mask = torch.zeros(1, 64, 64)
+    mask[:, :, :32] = 1.0
+    kw = dict(steps=2, learning_rate="5e-2", latent_sampling="deterministic")
+    _, a = run_trainer(pack, sd1, base, name="mask-a", masks=mask, **kw)
+    _, b = run_trainer(pack, sd1, other, name="mask-b", masks=mask, **kw)
+    _, c = run_trainer(pack, sd1, other, name="mask-c", **kw)
+    # the VAE mixes neighbouring pixels, so compare against the unmasked run: the mask must pull b
+    # towards a, far closer than c is
+    da = (a.embedding.vectors["clip_l"] - b.embedding.vectors["clip_l"]).norm()
+    dc = (a.embedding.vectors["clip_l"] - c.embedding.vectors["clip_l"]).norm()
+    assert da < dc
+
+
+def test_previews_and_loss_graph_nodes(pack, sd1, node_classes):
+    train = node_classes["TokenSmithTrainEmbedding"]
+    graph = node_classes["TokenSmithLossGraph"]
+    with torch.inference_mode():
+        out = train.execute([sd1.model], [sd1.clip], ["node-preview"], ["*"], [1], ["object"], [2], ["5e-3"], [1],
+                            [0], [True], vae=[sd1.vae], images=[images(2)], preview_every=[1], preview_steps=[2])
+        embedding, prompt, history, previews = out.result
+        assert prompt == "embedding:node-preview"
+        assert previews.shape == (2, 64, 64, 3)  # one after step 1, one of the final vectors
+        drawn = graph.execute(history, 320, 256).result[0]
+    assert drawn.shape == (1, 256, 320, 3)
