@@ -115,6 +115,8 @@ class Trainer:
         self.prediction = adapter.prediction_type(model)
         self.encoders = adapter.encoders_of(clip)
         self.resume_from = resume_from.strip()
+        self.resume_name: str | None = None  # the resumed embedding's name, without extension
+        self.resume_path = self._check_resume() if self.resume_from else None
         self._check_targets()
 
     # ---------------------------------------------------------------- checks (cheap, before any work)
@@ -177,10 +179,33 @@ class Trainer:
             )
         return model_fam
 
+    def _check_resume(self) -> str:
+        """Find and check the embedding to resume from (header only), before any expensive work."""
+        from .tokensmith.formats import read_header
+
+        stem, ext = os.path.splitext(self.resume_from)
+        if ext.lower() not in (".safetensors", ".pt", ".bin"):
+            stem, ext = self.resume_from, ""
+        self.resume_name = validate_name(stem)
+        candidates = [self.resume_from] if ext else [stem + e for e in (".safetensors", ".pt", ".bin")]
+        path = next((p for p in map(adapter.embedding_path, candidates) if p is not None), None)
+        if path is None:
+            raise TrainingError(f"resume_from: no embedding named {self.resume_from!r} in the embeddings folders")
+        header = read_header(path)
+        wanted = {e.key for e in self.encoders}
+        shapes = header.get("encoders", {})
+        counts = {n for n, _ in shapes.values()}
+        if set(shapes) != wanted or counts != {self.cfg.num_vectors}:
+            raise FamilyMismatchError(
+                f"resume_from {self.resume_from!r} holds {shapes} (family {header.get('family')}), but this run "
+                f"trains {sorted(wanted)} with num_vectors={self.cfg.num_vectors}: match num_vectors and the model family"
+            )
+        return path
+
     def _check_targets(self) -> None:
         folder = adapter.primary_embedding_folder()
         target = safe_join(folder, validate_name(self.cfg.name) + ".safetensors")
-        if target.exists() and not self.overwrite and self.resume_from != self.cfg.name:
+        if target.exists() and not self.overwrite and self.resume_name != self.cfg.name:
             raise EmbeddingFileError(target, "an embedding with this name exists: turn on overwrite, or choose another name")
 
     # ---------------------------------------------------------------- data
@@ -320,7 +345,7 @@ class Trainer:
     def _save(self, vectors, step: int, name: str) -> str:
         emb = self._embedding(vectors, step, name)
         path = save_embedding(emb, adapter.primary_embedding_folder(), name, overwrite=True if name != self.cfg.name
-                              else (self.overwrite or self.resume_from == self.cfg.name),
+                              else (self.overwrite or self.resume_name == self.cfg.name),
                               extra_metadata={"step": str(step)})
         return str(path)
 
@@ -348,16 +373,13 @@ class Trainer:
         """Continue from an embedding (and its optimizer state when present); returns the step reached."""
         from safetensors import safe_open
 
-        path = adapter.embedding_path(self.resume_from) or adapter.embedding_path(self.resume_from + ".safetensors")
-        if path is None:
-            raise TrainingError(f"resume_from: no embedding named {self.resume_from!r} in the embeddings folders")
-        emb = read_embedding(path)
+        emb = read_embedding(self.resume_path)
         if set(emb.vectors) != set(params) or emb.num_vectors != self.cfg.num_vectors:
             raise FamilyMismatchError(
                 f"resume_from {self.resume_from!r} has {emb.shapes()}, but this run trains "
                 f"{ {k: list(v.shape) for k, v in params.items()} }: match num_vectors and the model family"
             )
-        state_file = state_path(self.resume_from)
+        state_file = state_path(self.resume_name)
         step = int(emb.step or 0)
         with torch.no_grad():
             for k, p in params.items():

@@ -130,11 +130,6 @@ def test_resume_from_an_embedding_of_another_family_is_refused(pack, train, sd1,
     assert "num_vectors" in str(info.value) and "family" in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug: trainer.py checks resume_from only inside Trainer.run() -> _load_resume (after _prepare_latents has run "
-    "the VAE on every image): an incompatible or missing resume_from (other family, other num_vectors, no such "
-    "file, a hostile name such as '../x' or 'x.pt') is reported after the expensive work. Fix: read the resume "
-    "file's header and validate the name in Trainer.__init__ (_check_targets)"))
 def test_resume_from_is_checked_before_the_vae_runs(pack, model_runs, train, sd1, embeddings_dir):
     _resume_file(pack, embeddings_dir, "resume-wide", {"clip_h": torch.randn(1, 1024)})
     for bad in ("resume-wide", "no-such-embedding"):
