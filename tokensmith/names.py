@@ -66,8 +66,11 @@ def safe_join(root, name) -> Path:
         raise EmbeddingNameError("the path contains a NUL character")
     if os.path.isabs(name) or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
         raise EmbeddingNameError(f"{name!r}: an absolute path is not allowed here")
-    base = Path(root).resolve()
-    target = (base / name).resolve()
+    try:
+        base = Path(root).resolve()
+        target = (base / name).resolve()
+    except ValueError:  # UnicodeEncodeError for a lone surrogate: the name cannot be a file name
+        raise EmbeddingNameError(f"{name!r} holds characters that cannot be part of a file name") from None
     if os.path.commonpath([str(base), str(target)]) != str(base) or target == base:
         raise EmbeddingNameError(f"{name!r} points outside the folder {str(base)!r}")
     return target

@@ -101,9 +101,15 @@ def atomic_write_bytes(path, data: bytes, *, overwrite: bool = False) -> Path:
     """
     target = Path(path)
     folder = target.parent
-    if target.is_dir():
+    try:
+        is_dir, exists = target.is_dir(), target.exists()
+    except (OSError, ValueError) as exc:  # e.g. a name longer than the file system allows, or a NUL byte
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise EmbeddingFileError(target, f"is not a usable file name ({reason}); choose a shorter, "
+                                 "plain name") from None
+    if is_dir:
         raise EmbeddingFileError(target, "is a folder; choose a file name")
-    if not overwrite and target.exists():
+    if not overwrite and exists:
         raise EmbeddingFileError(target, "exists; pass overwrite or choose another name")
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)

@@ -1,8 +1,8 @@
 """Hand-made hostile files at the size limits: each is refused with a TokenSmithError, in bounded
 memory (peak resident growth for the one read, measured through /proc/self/clear_refs) and time.
 
-Tests marked xfail(strict=True) are bugs found by this suite in tokensmith/formats; each will start
-failing loudly (XPASS) once the bug is fixed, so the mark can then be removed.
+The cases for bugs this suite once found in tokensmith/formats (zip and PNG bombs, header size, NUL
+paths) stay here as regression tests.
 """
 
 from __future__ import annotations
@@ -174,11 +174,6 @@ def _zip_pt_with_deflated_storage(path, inflated_bytes: int) -> None:
     path.write_bytes(out.getvalue())
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug: tokensmith/formats/torch_fmt.py load_torch hands the file to torch.load before looking at the zip "
-    "directory; a deflated storage record is inflated whole (a ~0.5 MB .pt costs 512 MB+) and only then is "
-    "MAX_TENSOR_BYTES checked. Fix: refuse compressed records / records over MAX_TENSOR_BYTES from zipfile's "
-    "directory before torch.load"))
 def test_zip_pt_deflate_bomb_is_refused_in_bounded_memory(tmp_path, meter):
     path = tmp_path / "bomb.pt"
     _zip_pt_with_deflated_storage(path, 512 << 20)
@@ -186,11 +181,6 @@ def test_zip_pt_deflate_bomb_is_refused_in_bounded_memory(tmp_path, meter):
     refused_within_bounds(meter, path, match="too large|compressed|record")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug: tokensmith/formats/png_fmt.py extract_drawn_bytes/lcg_nibbles: a 4096x4096 PNG (58 KB) with two black "
-    "columns in the middle makes the drawn-data scan build uint64 LCG arrays for ~25M values (+700 MB, 2.5 s) "
-    "before the payload is even looked at. Fix: a tighter pixel cap for the strips, uint32 maths, or check the "
-    "zlib header of the first bytes before building the whole stream"))
 def test_wide_drawn_strips_stay_in_bounded_memory(tmp_path, meter):
     side = int(limits.MAX_DRAWN_PIXELS ** 0.5)
     arr = np.full((side, side, 3), 200, np.uint8)
@@ -204,11 +194,6 @@ def test_wide_drawn_strips_stay_in_bounded_memory(tmp_path, meter):
     refused_within_bounds(meter, path)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug: tokensmith/formats/png_fmt.py parse_embedding_json/_nested_to_tensor: MAX_JSON_NUMBERS is checked only "
-    "after json.loads has built every number as a Python float; a 75 KB PNG whose zTXt chunk holds 6M numbers "
-    "peaks at +345 MB and 3.4 s. Fix: bound the count before parsing (e.g. count separators in the text) or parse "
-    "TORCHTENSOR lists with numpy"))
 def test_json_number_flood_stays_in_bounded_memory(tmp_path, meter):
     # as many numbers as fit under the 32 MiB cap on the decompressed (base64) text
     numbers = b"[" + b"0.0," * (6 * 1024 * 1024 - 64) + b"0.0]"
@@ -221,11 +206,6 @@ def test_json_number_flood_stays_in_bounded_memory(tmp_path, meter):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug: tokensmith/formats/limits.py MAX_SAFETENSORS_HEADER is 100 MB (real embedding headers are < 1 KB, LoRA "
-    "bundles < 1 MB): a header near the limit holding ~1.6M empty tensor entries costs +1.3 GB and ~30 s per "
-    "read_header (and the /tokensmith/embeddings listing reads every file's header). Here 40 MB: ~+500 MB. "
-    "Fix: a header cap of a few MB for embedding files"))
 def test_huge_safetensors_header_stays_in_bounded_memory(tmp_path, meter):
     entry = b'{"dtype":"F32","shape":[0],"data_offsets":[0,0]}'
     count = 40_000_000 // (len(entry) + 12)
@@ -236,10 +216,6 @@ def test_huge_safetensors_header_stays_in_bounded_memory(tmp_path, meter):
     refused_within_bounds(meter, path, reader=read_header, seconds=60)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug: tokensmith/formats/__init__.py _stat (and names.safe_join): a path that cannot be a file name (NUL "
-    "byte, lone surrogate) raises a plain ValueError / UnicodeEncodeError from os.stat / realpath instead of an "
-    "EmbeddingFileError / EmbeddingNameError"))
 def test_unrepresentable_paths_get_the_clear_error(tmp_path):
     calls = {
         "read_embedding": lambda name: read_embedding(tmp_path / name),

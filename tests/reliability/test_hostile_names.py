@@ -196,11 +196,6 @@ def test_cli_paths(tmp_path, capsys):
     assert not [p for p in tmp_path.rglob("*") if MARK in p.name or p.suffix == ".tmp"]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug: tokensmith/writer.py atomic_write_bytes calls target.is_dir() / target.exists() outside its OSError "
-    "handling; for an output file name longer than the file system allows (ENAMETOOLONG) pathlib raises, so "
-    "`python -m tokensmith convert IN OUT` (and `card`) ends in a traceback instead of 'error: ...'. Fix: catch "
-    "OSError around those checks and raise EmbeddingFileError"))
 def test_cli_output_name_too_long(tmp_path, capsys):
     from tokensmith.embedding import Embedding
     from tokensmith.writer import write_embedding_file

@@ -36,6 +36,9 @@ def _stat(path: Path) -> int:
         raise EmbeddingFileError(path, "file not found") from None
     except OSError as exc:
         raise EmbeddingFileError(path, f"cannot read the file ({exc.strerror or exc})") from None
+    except ValueError:  # NUL byte or a lone surrogate (UnicodeEncodeError): no file can have this name
+        raise EmbeddingFileError(path, "is not a valid file name (it holds a NUL byte or undecodable "
+                                 "characters); rename the file") from None
     if stat_mod.S_ISDIR(st.st_mode):
         raise EmbeddingFileError(path, "is a folder, not an embedding file")
     if not stat_mod.S_ISREG(st.st_mode):

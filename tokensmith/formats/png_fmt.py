@@ -38,21 +38,46 @@ _MASK32 = 0xFFFFFFFF
 
 # ----------------------------------------------------------------------------- shared helpers
 
-def lcg_nibbles(count: int) -> np.ndarray:
-    """The first ``count`` values of the LCG stream, ``(x % 255) & 0x0F``, as uint8.
+_LCG_BLOCK = 1 << 20
 
-    Computed by doubling: from x_1..x_L, x_{k+L} = A_L * x_k + C_L (mod 2^32). uint64 holds
-    A_L * x_k + C_L exactly since both factors are < 2^32.
+
+def _lcg_jumps(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(A_k, C_k)`` for k = 1..count with x_{s+k} = A_k * x_s + C_k (mod 2^32), as uint32.
+
+    Built by doubling; uint32 arithmetic wraps mod 2^32, which is exactly the LCG's modulus.
     """
+    mul = np.array([LCG_A], dtype=np.uint32)
+    add = np.array([LCG_C], dtype=np.uint32)
+    while mul.shape[0] < count:
+        step_a, step_c = mul[-1], add[-1]  # the jump of len(mul) steps
+        mul, add = np.concatenate([mul, mul * step_a]), np.concatenate([add, add * step_a + step_c])
+    return mul[:count], add[:count]
+
+
+def _lcg_chunks(count: int, block: int = _LCG_BLOCK):
+    """The LCG nibble stream in uint8 blocks of at most ``block`` values: memory stays at a few
+    blocks however long the stream is."""
     if count <= 0:
-        return np.zeros(0, dtype=np.uint8)
-    xs = np.array([(LCG_A * 0 + LCG_C) & _MASK32], dtype=np.uint64)
-    step_a, step_c = LCG_A, LCG_C  # the map x -> A x + C for a jump of len(xs)
-    while xs.shape[0] < count:
-        nxt = (xs * np.uint64(step_a) + np.uint64(step_c)) & np.uint64(_MASK32)
-        xs = np.concatenate([xs, nxt])
-        step_a, step_c = (step_a * step_a) & _MASK32, (step_a * step_c + step_c) & _MASK32
-    return ((xs[:count] % np.uint64(255)) & np.uint64(0x0F)).astype(np.uint8)
+        return
+    mul, add = _lcg_jumps(min(count, block))
+    state = np.uint32(0)
+    done = 0
+    while done < count:
+        n = min(block, count - done)
+        xs = mul[:n] * state + add[:n]
+        state = xs[-1]
+        done += n
+        yield ((xs % np.uint32(255)) & np.uint32(0x0F)).astype(np.uint8)
+
+
+def lcg_nibbles(count: int) -> np.ndarray:
+    """The first ``count`` values of the LCG stream, ``(x % 255) & 0x0F``, as uint8."""
+    out = np.empty(max(count, 0), dtype=np.uint8)
+    pos = 0
+    for chunk in _lcg_chunks(count):
+        out[pos:pos + chunk.size] = chunk
+        pos += chunk.size
+    return out
 
 
 def _decompress(data: bytes, path, what: str) -> bytes:
@@ -100,6 +125,12 @@ def parse_embedding_json(text: bytes, path):
     """The A1111 embedding dict (tensors decoded) from JSON bytes."""
     if len(text) > MAX_JSON_BYTES:
         raise EmbeddingFileError(path, f"embedding JSON is {len(text)} bytes (limit {MAX_JSON_BYTES})")
+    # json.loads would build every number as a Python object before any tensor is checked:
+    # count the separators first (an upper bound on the numbers, cheap on the raw text).
+    separators = text.count(b",")
+    if separators >= MAX_JSON_NUMBERS:
+        raise EmbeddingFileError(path, f"embedding JSON holds about {separators} numbers (limit {MAX_JSON_NUMBERS}); "
+                                 "too many for an embedding")
 
     def hook(d):
         if "TORCHTENSOR" in d:
@@ -223,21 +254,42 @@ def _crop_black(arr: np.ndarray) -> np.ndarray:
     return arr[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
 
 
-def extract_drawn_bytes(image, path) -> bytes | None:
-    """The compressed payload drawn beside ``image`` (a PIL image), or None when none is there."""
-    arr = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    low = _crop_black(arr) & 0x0F
-    if low.size == 0:
+def _drawn_strips(image):
+    """The low-nibble strips ``(lower, upper)`` left and right of the picture, or None."""
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    arr = np.asarray(rgb, dtype=np.uint8)
+    cropped = _crop_black(arr)
+    del arr
+    if cropped.size == 0:
         return None
-    black = np.flatnonzero(low.sum(axis=(0, 2), dtype=np.int64) == 0)
+    black = np.flatnonzero((cropped & 0x0F).any(axis=2).any(axis=0) == 0)
     if black.size < 2:
         return None
-    lower, upper = low[:, :black[0]], low[:, black[-1] + 1:]
+    lower, upper = cropped[:, :black[0]], cropped[:, black[-1] + 1:]
     if lower.size == 0 or lower.shape != upper.shape:
         return None
-    stream = lcg_nibbles(lower.size).reshape(lower.shape)
-    lower, upper = lower ^ stream, upper ^ stream
-    return ((upper << 4) | lower).astype(np.uint8).tobytes()
+    return lower, upper
+
+
+def _drawn_byte_chunks(lower: np.ndarray, upper: np.ndarray):
+    """The drawn bytes in row-major order, a block of rows at a time, so a caller can stop as soon
+    as the zlib stream ends instead of decoding (and building the LCG stream for) whole strips."""
+    row = lower.shape[1] * lower.shape[2]
+    rows_per = max(1, _LCG_BLOCK // row)
+    stream = _lcg_chunks(lower.size, block=rows_per * row)
+    for top in range(0, lower.shape[0], rows_per):
+        key = next(stream).reshape(-1, lower.shape[1], lower.shape[2])
+        lo = (lower[top:top + rows_per] & 0x0F) ^ key
+        hi = (upper[top:top + rows_per] & 0x0F) ^ key
+        yield ((hi << 4) | lo).astype(np.uint8).tobytes()
+
+
+def extract_drawn_bytes(image, path) -> bytes | None:
+    """The compressed payload drawn beside ``image`` (a PIL image), or None when none is there."""
+    strips = _drawn_strips(image)
+    if strips is None:
+        return None
+    return b"".join(_drawn_byte_chunks(*strips))
 
 
 def _style_nibbles(shape, vector: np.ndarray, reverse: bool) -> np.ndarray:
@@ -322,11 +374,31 @@ def _read_drawn(data: bytes, path):
         raise
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... on damaged images
         raise EmbeddingFileError(path, f"PNG image data cannot be decoded ({exc.__class__.__name__})") from None
-    payload = extract_drawn_bytes(image, path)
-    if payload is None:
+    strips = _drawn_strips(image)
+    image.close()
+    if strips is None:
         raise EmbeddingFileError(path, no_data)
-    text = _decompress(payload, path, "drawn embedding data")
-    return parse_embedding_json(text, path)
+    return parse_embedding_json(_decompress_drawn(_drawn_byte_chunks(*strips), path), path)
+
+
+def _decompress_drawn(chunks, path) -> bytes:
+    """Inflate the drawn zlib stream block by block; stops at its end (the rest of the strip is the
+    cyclic repeat), so the work follows the real data size, not the picture's."""
+    what = "drawn embedding data"
+    dec = zlib.decompressobj()
+    out, total = [], 0
+    for chunk in chunks:
+        try:
+            part = dec.decompress(chunk, MAX_DECOMPRESSED_BYTES - total + 1)
+        except zlib.error as exc:
+            raise EmbeddingFileError(path, f"{what} is not valid zlib data ({exc})") from None
+        total += len(part)
+        if total > MAX_DECOMPRESSED_BYTES:
+            raise EmbeddingFileError(path, f"{what} decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes; refused")
+        out.append(part)
+        if dec.eof:
+            return b"".join(out)
+    raise EmbeddingFileError(path, f"{what} is truncated (zlib stream does not end)")
 
 
 # ----------------------------------------------------------------------------- writing

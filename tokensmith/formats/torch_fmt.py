@@ -10,11 +10,13 @@ import io
 import pickle
 import re
 import warnings
+import zipfile
 
 import torch
 
 from ..errors import EmbeddingFileError
 from .layout import plan_object
+from .limits import MAX_TENSOR_BYTES
 
 PARAMETER_DICT = "torch.nn.modules.container.ParameterDict"
 
@@ -47,8 +49,32 @@ def _refusal(exc: Exception) -> str:
             "loaded; TokenSmith only loads plain tensors. If you trust the file, re-save it as safetensors")
 
 
+def _check_zip_records(data: bytes, path) -> None:
+    """Refuse a zip-layout file whose records would inflate past what an embedding can need, from
+    the zip directory alone: torch.load inflates every record whole before any size check."""
+    if not data.startswith(b"PK\x03\x04"):
+        return  # legacy layout: a plain pickle, nothing compressed
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
+        raise EmbeddingFileError(path, f"not a readable PyTorch file (damaged zip directory: {exc})") from None
+    inflated = 0
+    for info in infos:
+        if info.file_size > MAX_TENSOR_BYTES:
+            raise EmbeddingFileError(path, f"record {info.filename!r} is {info.file_size} bytes; too large for an "
+                                     f"embedding (limit {MAX_TENSOR_BYTES})")
+        if info.compress_type != zipfile.ZIP_STORED:
+            inflated += info.file_size
+    # torch.save never compresses; allow some compressed records (re-zipped files) but bound the inflation
+    if inflated > MAX_TENSOR_BYTES:
+        raise EmbeddingFileError(path, f"compressed records inflate to {inflated} bytes (limit {MAX_TENSOR_BYTES}); "
+                                 "not an embedding file")
+
+
 def load_torch(data: bytes, path, *, name: str | None = None):
     """``(plan, tensors)`` for a torch.save file held in ``data``."""
+    _check_zip_records(data, path)
     parameter_dict = False
     try:
         try:
