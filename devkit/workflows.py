@@ -1,0 +1,441 @@
+"""The example workflows: their definitions, the UI-format <-> API-format conversion, and the builder
+that writes example_workflows/*.json (UI format) with real screenshots as .jpg thumbnails.
+
+    python -m devkit.workflows build     # re-create example_workflows/ through the real front end
+
+The definitions are API-format graphs plus a layout (positions, sizes, notes). The builder loads
+each into the real ComfyUI front end in headless Chromium (app.loadApiJson), lays it out, saves the
+front end's own serialisation, and screenshots the canvas. `ui_to_api` converts a saved UI-format
+workflow back with /object_info (what the demo queues); the browser tests check it against the
+front end's own conversion (app.graphToPrompt).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .comfy_host import REPO_ROOT
+
+EXAMPLES_DIR = REPO_ROOT / "example_workflows"
+SD15_NAME = "v1-5-pruned-emaonly-fp16.safetensors"  # what most people have; the user picks their own
+DEMO_FOLDER = "tokensmith_demo"
+NEGATIVE_FOLDER = "tokensmith_negative"
+TRAIN = "Train an embedding from images"
+NEGATIVE = "Train a negative embedding"
+MERGE = "Inspect and merge embeddings"
+CONVERT = "Convert old pt embeddings"
+# UI node types that are not executed (the front end drops them from the API format).
+VIRTUAL_TYPES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+
+
+@dataclass
+class Example:
+    name: str
+    api: dict
+    columns: list  # (width, [node id or "note", ...]) left to right; nodes stack top to bottom
+    note: str = ""  # markdown shown in a note node at the "note" place
+
+
+def _train_inputs(name: str, template: str, init_text: str, steps: int, preview_prompt: str, **extra) -> dict:
+    return {
+        "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "images": ["2", 0], "captions": ["2", 1],
+        "name": name, "init_text": init_text, "num_vectors": 4, "template": template, "steps": steps,
+        "learning_rate": "5e-3", "batch_size": 1, "seed": 0, "overwrite": True,
+        "validate_every": 25, "early_stop_patience": 8, "preview_every": 100, "preview_prompt": preview_prompt,
+        **extra,
+    }
+
+
+def _sampler(positive, negative, prefix: str, first_id: int) -> dict:
+    i = first_id
+    return {
+        str(i): {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
+        str(i + 1): {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "positive": positive, "negative": negative, "latent_image": [str(i), 0],
+            "seed": 42, "steps": 20, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        str(i + 2): {"class_type": "VAEDecode", "inputs": {"samples": [str(i + 1), 0], "vae": ["1", 2]}},
+        str(i + 3): {"class_type": "SaveImage", "inputs": {"images": [str(i + 2), 0], "filename_prefix": prefix}},
+    }
+
+
+def examples() -> list[Example]:
+    ckpt = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15_NAME}}
+    train = Example(
+        TRAIN,
+        {
+            "1": ckpt,
+            "2": {"class_type": "LoadImageTextDataSetFromFolder", "inputs": {"folder": DEMO_FOLDER}},
+            "3": {"class_type": "TokenSmithTrainEmbedding", "inputs": _train_inputs(
+                "tokensmith-ring", "object", "ring", 600, "a photo of [name] on a table")},
+            "4": {"class_type": "TokenSmithLossGraph", "inputs": {"loss": ["3", 2], "width": 768, "height": 512}},
+            "5": {"class_type": "StringConcatenate", "inputs": {
+                "string_a": ["3", 1], "string_b": "on a wooden table, sharp focus", "delimiter": ", "}},
+            "7": {"class_type": "TokenSmithPrompt", "inputs": {"text": ["5", 0], "convert_keywords": False,
+                                                                "clip": ["1", 1]}},
+            "8": {"class_type": "CLIPTextEncode", "inputs": {"text": ["7", 0], "clip": ["1", 1]}},
+            "9": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry, low quality", "clip": ["1", 1]}},
+            **_sampler(["8", 0], ["9", 0], "tokensmith/ring", 10),
+        },
+        [(380, ["note", "1", "2"]), (470, ["3"]), (420, ["4", "5", "7"]), (360, ["8", "9", "10"]),
+         (320, ["11", "12"]), (420, ["13"])],
+        (
+          "## Train an embedding from images\n"
+          "1. Put 5–20 pictures of your subject (same size, e.g. 512×512) in `ComfyUI/input/tokensmith_demo/`, "
+          "optionally with a same-name `.txt` caption each.\n"
+          "2. Pick an SD1.x / SD2.x / SDXL checkpoint and a `name`.\n"
+          "3. Queue. The chart on the trainer shows the loss live; the file lands in `models/embeddings/`.\n"
+          "The trainer's `prompt` output (`embedding:NAME`) feeds the sampler below, so it runs after training."),
+    )
+    negative = Example(
+        NEGATIVE,
+        {
+            "1": ckpt,
+            "2": {"class_type": "LoadImageTextDataSetFromFolder", "inputs": {"folder": NEGATIVE_FOLDER}},
+            "3": {"class_type": "TokenSmithTrainEmbedding", "inputs": _train_inputs(
+                "tokensmith-negative", "negative", "blurry lowres", 400, "[name]")},
+            "4": {"class_type": "TokenSmithLossGraph", "inputs": {"loss": ["3", 2], "width": 768, "height": 512}},
+            "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of a red ring on a table, sharp focus",
+                                                             "clip": ["1", 1]}},
+            "6": {"class_type": "CLIPTextEncode", "inputs": {"text": ["3", 1], "clip": ["1", 1]}},
+            **_sampler(["5", 0], ["6", 0], "tokensmith/negative", 7),
+        },
+        [(380, ["note", "1", "2"]), (470, ["3"]), (420, ["4", "5", "6"]), (320, ["7", "8", "9"]),
+         (420, ["10"])],
+        (
+          "## Train a negative embedding\n"
+          "Put pictures of what you want to *avoid* (blur, artefacts, a style) in "
+          "`ComfyUI/input/tokensmith_negative/`. The `negative` template trains the vectors on plain prompts, "
+          "so they describe the pictures as a whole.\n\n"
+          "The trainer's `prompt` output goes straight into the **negative** text encode."),
+    )
+    merge = Example(
+        MERGE,
+        {
+            "1": ckpt,
+            "2": {"class_type": "TokenSmithLoadEmbedding", "inputs": {"file": "tokensmith-ring.safetensors"}},
+            "3": {"class_type": "TokenSmithInspectEmbedding", "inputs": {"embedding": ["2", 0], "clip": ["1", 1],
+                                                                         "top_k": 5}},
+            "4": {"class_type": "TokenSmithEmbeddingFromText", "inputs": {"clip": ["1", 1], "text": "red circle"}},
+            "5": {"class_type": "TokenSmithMergeEmbeddings", "inputs": {
+                "operation": "weighted sum", "a": ["2", 0], "b": ["4", 0], "clip": ["1", 1],
+                "weight_a": 0.7, "weight_b": 0.3, "weight_c": 1.0, "weight_d": 1.0, "t": 0.5, "factor": 1.0,
+                "encoder": "clip_g", "norm": 0.0, "n": 1, "shift": 1, "expression": ""}},
+            "6": {"class_type": "TokenSmithInspectEmbedding", "inputs": {"embedding": ["5", 0], "clip": ["1", 1],
+                                                                         "top_k": 5}},
+            "7": {"class_type": "TokenSmithSaveEmbedding", "inputs": {"embedding": ["5", 0],
+                                                                      "name": "tokensmith-ring-merged",
+                                                                      "overwrite": True}},
+        },
+        [(380, ["note", "1", "2", "4"]), (520, ["3", "5"]), (520, ["6", "7"])],
+        (
+          "## Inspect and merge embeddings\n"
+          "**Inspect** shows shapes, norms (next to the vocabulary's typical norm) and the nearest words of "
+          "each vector.\n\n**Merge** mixes embeddings (weighted sum, mean, concat, slerp...) or evaluates an "
+          "expression like `'red circle' + tokensmith-ring*0.5`. **Save** writes the result; use it as "
+          "`embedding:tokensmith-ring-merged`."),
+    )
+    convert = Example(
+        CONVERT,
+        {
+            "1": {"class_type": "TokenSmithLoadEmbedding", "inputs": {"file": "tokensmith-old.pt"}},
+            "2": {"class_type": "TokenSmithInspectEmbedding", "inputs": {"embedding": ["1", 0], "top_k": 0}},
+            "3": {"class_type": "TokenSmithConvertEmbedding", "inputs": {"embedding": ["1", 0], "target": "keep"}},
+            "4": {"class_type": "TokenSmithSaveEmbedding", "inputs": {"embedding": ["3", 0],
+                                                                      "name": "tokensmith-old-converted",
+                                                                      "overwrite": True}},
+        },
+        [(380, ["note", "1"]), (520, ["2", "3"]), (460, ["4"])],
+        (
+          "## Convert old .pt embeddings\n"
+          "Reads A1111 `.pt` files (opened with `weights_only=True`: a file cannot run code), PNG cards, "
+          "diffusers `.bin` and LoRA bundles, and saves them as `.safetensors`. `target`: keep, sd1 or sdxl "
+          "(SD1 -> SDXL adds G vectors).\n\nA whole folder at once, from a terminal:\n"
+          "`python -m tokensmith convert OLD.pt NEW.safetensors`"),
+    )
+    return [train, negative, merge, convert]
+
+
+def example_path(name: str, ext: str = "json") -> Path:
+    return EXAMPLES_DIR / f"{name}.{ext}"
+
+
+def load_example(name: str) -> dict:
+    return json.loads(example_path(name).read_text())
+
+
+# ----------------------------------------------------------------------------------------------
+# UI format -> API format
+
+
+def _widget_inputs(info: dict) -> list[tuple[str, bool]]:
+    """(input name, has a control_after_generate widget) for every input the front end draws as a
+    widget, in the order the node's widgets_values lists them."""
+    out = []
+    order = info.get("input_order") or {k: list(v) for k, v in info.get("input", {}).items()}
+    for section in ("required", "optional"):
+        specs = info.get("input", {}).get(section, {})
+        for name in order.get(section, []):
+            spec = specs.get(name)
+            if spec is None:
+                continue
+            kind = spec[0]
+            opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            if opts.get("forceInput"):
+                continue
+            if isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
+                control = opts.get("control_after_generate")
+                if control is None:
+                    control = kind == "INT" and name in ("seed", "noise_seed")
+                out.append((name, bool(control)))
+    return out
+
+
+def ui_to_api(workflow: dict, object_info: dict) -> dict:
+    """The API-format prompt of a UI-format workflow (no subgraphs or group nodes; muted and bypassed
+    nodes are left out, as the front end does)."""
+    links = {link[0]: link for link in workflow.get("links", [])}
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    out = {}
+    for node in workflow["nodes"]:
+        kind = node["type"]
+        if kind in VIRTUAL_TYPES or node.get("mode", 0) in (2, 4):
+            continue
+        if kind not in object_info:
+            raise KeyError(f"node type {kind!r} (node {node['id']}) is not installed on this server")
+        inputs = {}
+        values = list(node.get("widgets_values") or [])
+        pos = 0
+        for name, control in _widget_inputs(object_info[kind]):
+            if pos < len(values):
+                value = values[pos]
+                inputs[name] = {"__value__": value} if isinstance(value, list) else value
+            pos += 2 if control else 1
+        for slot in node.get("inputs", []):
+            link_id = slot.get("link")
+            if link_id is None:
+                continue
+            link = links[link_id]
+            origin = nodes.get(link[1])
+            if origin is None or origin.get("mode", 0) in (2, 4):
+                inputs.pop(slot["name"], None)
+                continue
+            inputs[slot["name"]] = [str(link[1]), link[2]]
+        out[str(node["id"])] = {"class_type": kind, "inputs": inputs, "_meta": {"title": node.get("title") or kind}}
+    return out
+
+
+def set_inputs(api: dict, class_type: str, **values) -> dict:
+    """Change widget inputs of every node of one type (a copy is returned)."""
+    api = copy.deepcopy(api)
+    hits = [n for n in api.values() if n["class_type"] == class_type]
+    if not hits:
+        raise KeyError(f"no {class_type} node in this workflow")
+    for node in hits:
+        node["inputs"].update(values)
+    return api
+
+
+# ----------------------------------------------------------------------------------------------
+# Building example_workflows/ through the real front end
+
+BUILD_JS = """async ([api, columns, note, name]) => {
+  const app = window.app;
+  app.loadApiJson(api, name);
+  await new Promise((r) => setTimeout(r, 300));
+  for (const node of app.graph._nodes) {
+    // examples keep their seeds: the sampler's "randomize" would change it on every queue
+    const control = node.widgets?.find((w) => w.name === "control_after_generate");
+    if (control) control.value = "fixed";
+  }
+  let x = 20;
+  for (const [width, ids] of columns) {
+    let y = 50;
+    for (const id of ids) {
+      let node;
+      if (id === "note") {
+        node = LiteGraph.createNode("MarkdownNote") || LiteGraph.createNode("Note");
+        node.widgets[0].value = note;
+        app.graph.add(node);
+        node.setSize([width, 290]);
+      } else {
+        node = app.graph.getNodeById(Number(id));
+        if (!node) throw new Error("no node " + id);
+        node.setSize([width, node.computeSize()[1]]);
+      }
+      node.pos = [x, y];
+      y += node.size[1] + 60;
+    }
+    x += width + 40;
+  }
+  app.graph.setDirtyCanvas(true, true);
+  return JSON.parse(JSON.stringify(app.graph.serialize()));  // drops undefined fields, as Export does
+}"""
+
+
+def fit_view(page) -> None:
+    page.evaluate("""() => {
+      const canvas = window.app.canvas;
+      const nodes = window.app.graph._nodes;
+      let [x0, y0, x1, y1] = [Infinity, Infinity, -Infinity, -Infinity];
+      for (const n of nodes) {
+        x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - 30);
+        x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
+      }
+      canvas.ds.fitToBounds([x0 - 20, y0 - 20, x1 - x0 + 40, y1 - y0 + 40], { zoom: 0.98 });
+      canvas.setDirty(true, true);
+    }""")
+
+
+def build(out_dir: Path = EXAMPLES_DIR) -> list[Path]:
+    """Write every example's UI-format JSON and a .jpg screenshot of it (needs chromium)."""
+    import tempfile
+
+    from .server import ComfyServer
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    with tempfile.TemporaryDirectory(prefix="tokensmith-build-") as tmp:
+        skip_first_visit(Path(tmp))
+        with ComfyServer(Path(tmp)) as server, open_browser() as browser:
+            page = new_comfy_page(browser, server.url, viewport=(1600, 1000))
+            for ex in examples():
+                ui_graph = page.evaluate(BUILD_JS, [ex.api, ex.columns, ex.note, ex.name])
+                ui_graph.setdefault("extra", {})["tokensmith"] = {"example": ex.name}
+                path = out_dir / f"{ex.name}.json"
+                path.write_text(json.dumps(ui_graph, indent=1) + "\n")
+                thumb = out_dir / f"{ex.name}.jpg"
+                screenshot_graph(page, thumb, Path(tmp) / "shot.png")
+                written += [path, thumb]
+            page.close()
+    return written
+
+
+def screenshot_graph(page, jpg: Path, scratch: Path, max_side: int = 960) -> None:
+    """The whole graph, fitted to the window with the side and top bars hidden, as a JPEG."""
+    import time
+
+    from PIL import Image
+
+    page.evaluate("() => { const w = window.app.extensionManager; if (!w.focusMode) w.toggleFocusMode?.(); }")
+    time.sleep(0.4)
+    fit_view(page)
+    time.sleep(0.8)
+    page.screenshot(path=str(scratch))
+    page.evaluate("() => { const w = window.app.extensionManager; if (w.focusMode) w.toggleFocusMode?.(); }")
+    with Image.open(scratch) as img:
+        img = img.convert("RGB")
+        img.thumbnail((max_side, max_side))
+        img.save(jpg, quality=85, optimize=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Headless Chromium (Debian's package; never a downloaded browser)
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage"]
+
+
+class open_browser:
+    """`with open_browser() as browser:` a Playwright Chromium context on /usr/bin/chromium with a
+    throw-away profile folder (--user-data-dir), headless."""
+
+    def __enter__(self):
+        import tempfile
+
+        from playwright.sync_api import sync_playwright
+
+        if not Path(CHROMIUM).exists():
+            raise RuntimeError("no /usr/bin/chromium: run `bash scripts/install_browser.sh` (as root)")
+        self._profile = tempfile.TemporaryDirectory(prefix="tokensmith-chromium-")
+        self._pw = sync_playwright().start()
+        try:
+            self.context = self._pw.chromium.launch_persistent_context(
+                self._profile.name, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+                viewport={"width": 1400, "height": 900},
+            )
+        except BaseException:
+            self._pw.stop()
+            self._profile.cleanup()
+            raise
+        return self.context
+
+    def __exit__(self, *exc):
+        try:
+            self.context.close()
+        finally:
+            self._pw.stop()
+            self._profile.cleanup()
+
+
+def new_comfy_page(context, url: str, viewport=(1400, 900), before=None):
+    """A page with the ComfyUI front end loaded, the first-visit dialogs closed; `before(page)` runs
+    before the page is opened (e.g. to record its console)."""
+    page = context.new_page()
+    if before is not None:
+        before(page)
+    page.set_viewport_size({"width": viewport[0], "height": viewport[1]})
+    # the "try Nodes 2.0" banner is remembered in localStorage once dismissed
+    page.add_init_script("try { localStorage.setItem('vueNodesBannerDismissed', 'true') } catch (e) {}")
+    page.goto(url)
+    page.wait_for_function("!!(window.app && window.app.graph && window.app.extensionManager && "
+                           "window.LiteGraph && window.LiteGraph.registered_node_types['TokenSmithPrompt'])",
+                           timeout=90_000)
+    page.evaluate("""async () => {
+      const s = window.app.extensionManager.setting;
+      for (const [k, v] of [["Comfy.TutorialCompleted", true]]) {
+        try { await s.set(k, v); } catch (e) {}
+      }
+    }""")
+    page.keyboard.press("Escape")
+    close_dialogs(page)
+    return page
+
+
+# Records the front end's execution and TokenSmith events in window.__tsRecorder (tests).
+RECORD_EVENTS = """() => {
+  const api = window.comfyAPI.api.api;
+  if (window.__tsRecorder) return;
+  window.__tsRecorder = [];
+  for (const type of ["execution_start", "execution_success", "execution_error", "execution_interrupted",
+                      "tokensmith.train"]) {
+    api.addEventListener(type, (e) => window.__tsRecorder.push({ type, detail: e.detail }));
+  }
+}"""
+
+
+def skip_first_visit(base: Path) -> None:
+    """Seed the server's user settings so the first visit opens no template browser over the canvas."""
+    settings = Path(base) / "user" / "default" / "comfy.settings.json"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(settings.read_text()) if settings.exists() else {}
+    data.setdefault("Comfy.TutorialCompleted", True)
+    settings.write_text(json.dumps(data))
+
+
+def close_dialogs(page) -> None:
+    page.evaluate("""() => {
+      for (const b of document.querySelectorAll('.p-dialog-close-button, .p-dialog-header-close')) b.click();
+      for (const b of document.querySelectorAll('button')) {
+        if (b.closest('[role=banner], .p-toolbar') && b.getAttribute('aria-label') === 'Close') b.click();
+      }
+    }""")
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["build"]:
+        for path in build():
+            print(f"wrote {path.relative_to(REPO_ROOT)}")
+        return 0
+    print(__doc__)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

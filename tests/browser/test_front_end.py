@@ -1,0 +1,308 @@
+"""TokenSmith's front end in a real browser against a real server: the extensions load cleanly, every
+example workflow opens from the template browser and runs on the small checkpoint, the live chart
+follows a training run (also across a page reload and a cancel), and the embedding browser and the
+autocomplete offer the freshly trained embedding."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from devkit.make_checkpoint import CHECKPOINT_NAME
+from devkit.workflows import CONVERT, MERGE, NEGATIVE, RECORD_EVENTS, TRAIN, examples, load_example, ui_to_api
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+RING = "tokensmith-ring"
+TRAIN_STEPS = 12
+# Small enough for a CPU: 64 px, a few sampler steps, a short training run.
+SMALL = {
+    "CheckpointLoaderSimple": {"ckpt_name": CHECKPOINT_NAME},
+    "EmptyLatentImage": {"width": 64, "height": 64},
+    "KSampler": {"steps": 2},
+}
+
+
+def wait_until(fn, timeout: float, what: str, interval: float = 0.25):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def open_template(page, name: str) -> None:
+    """Open one of our examples the way a person does: Templates -> Extensions/TokenSmith -> card."""
+    page.evaluate("() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    page.get_by_text("TokenSmith", exact=True).first.click(timeout=20_000)
+    page.locator(f'[data-testid="template-workflow-{name}"]').first.click(timeout=20_000)
+    wait_until(lambda: page.evaluate("(n) => (window.app.graph._nodes || []).length > 0 && "
+                                     "!document.querySelector('.p-dialog-mask')", name),
+               20, f"the template {name!r} to load and the dialog to close")
+    page.wait_for_timeout(300)
+
+
+def graph_types(page) -> list[str]:
+    return page.evaluate("() => window.app.graph._nodes.map((n) => n.type)")
+
+
+def set_widgets(page, overrides: dict) -> None:
+    missing = page.evaluate("""(overrides) => {
+      const missing = [];
+      for (const [type, values] of Object.entries(overrides)) {
+        const nodes = window.app.graph._nodes.filter((n) => n.type === type);
+        if (!nodes.length) continue;
+        for (const node of nodes) for (const [name, value] of Object.entries(values)) {
+          const w = node.widgets?.find((x) => x.name === name);
+          if (w) w.value = value; else missing.push(type + "." + name);
+        }
+      }
+      return missing;
+    }""", overrides)
+    assert not missing, f"widgets not found: {missing}"
+
+
+def queue_and_wait(page, timeout: float) -> dict:
+    """Queue the open graph as the Run button does; returns the final execution event."""
+    page.evaluate("() => { window.__tsRecorder.length = 0; }")
+    page.evaluate("() => window.app.queuePrompt(0, 1)")
+    return wait_for_execution(page, timeout)
+
+
+def wait_for_execution(page, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events = page.evaluate("() => window.__tsRecorder.filter((e) => e.type.startsWith('execution_') && "
+                               "e.type !== 'execution_start')")
+        if events:
+            return events[-1]
+        errors = page.evaluate("() => JSON.stringify(window.app.lastNodeErrors || null)")
+        assert errors in ("null", "{}"), f"ComfyUI refused the workflow: {errors}"
+        time.sleep(0.3)
+    raise AssertionError(f"the workflow did not finish in {timeout:.0f}s")
+
+
+def live_state(page) -> dict:
+    return page.evaluate("""() => {
+      const node = window.app.graph._nodes.find((n) => n.type === 'TokenSmithTrainEmbedding');
+      const root = node?.tokensmithLiveView?.root;
+      if (!root) return null;
+      const canvas = root.querySelector('canvas');
+      const ctx = canvas.getContext('2d');
+      const px = canvas.width && canvas.height ? ctx.getImageData(0, 0, canvas.width, canvas.height).data : [];
+      let ink = 0;
+      for (let i = 3; i < px.length; i += 4) if (px[i] > 0) ink++;
+      return { points: Number(root.dataset.points), step: root.dataset.step, status: root.dataset.status,
+               text: root.innerText, ink, preview: !!root.querySelector('img')?.src?.startsWith('data:image'),
+               visible: root.getBoundingClientRect().height > 50 };
+    }""")
+
+
+def focus_node(page, node_type: str, zoom: float = 1.0, bottom: bool = False) -> None:
+    page.evaluate("""([type, zoom, bottom]) => {
+      const node = window.app.graph._nodes.find((n) => n.type === type);
+      const c = window.app.canvas;
+      c.ds.scale = zoom;
+      const [w, h] = [c.canvas.clientWidth, c.canvas.clientHeight];
+      const y = bottom ? node.pos[1] + node.size[1] - h / zoom + 40 : node.pos[1] - 60;
+      c.ds.offset = [-node.pos[0] + (w / zoom - node.size[0]) / 2, -y];
+      c.setDirty(true, true);
+    }""", [node_type, zoom, bottom])
+    page.wait_for_timeout(400)
+
+
+def test_extensions_load_without_errors(page, browser_server):
+    names = page.evaluate("() => window.app.extensions.map((e) => e.name).filter((n) => n.startsWith('tokensmith.'))")
+    assert {"tokensmith.trainingView", "tokensmith.embeddingBrowser", "tokensmith.autocomplete",
+            "tokensmith.nodeText"} <= set(names), names
+    settings = page.evaluate("() => window.app.extensionManager.setting.get('TokenSmith.Autocomplete.Enabled')")
+    assert settings is True
+    assert not page.tokensmith_console.tokensmith_errors(), page.tokensmith_console.tokensmith_errors()
+    templates = browser_server.get("/workflow_templates")
+    assert sorted(templates.get("TokenSmith", [])) == sorted(ex.name for ex in examples())
+
+
+@pytest.mark.parametrize("name", [TRAIN, NEGATIVE, MERGE, CONVERT])
+def test_example_opens_from_the_template_browser(page, browser_server, artifacts, name):
+    open_template(page, name)
+    saved = load_example(name)
+    want = sorted(n["type"] for n in saved["nodes"])
+    assert sorted(graph_types(page)) == want
+    registered = page.evaluate("(types) => types.filter((t) => !window.LiteGraph.registered_node_types[t])", want)
+    assert not registered, f"missing node types: {registered}"
+    assert page.locator("text=Missing Node Types").count() == 0
+    toasts = page.evaluate("() => [...document.querySelectorAll('.p-toast-detail')].map((e) => e.innerText)")
+    assert not [t for t in toasts if "Invalid workflow" in t], toasts
+    # our UI -> API conversion (used by `make demo`) must equal the front end's own
+    front = page.evaluate("async () => (await window.app.graphToPrompt()).output")
+    ours = ui_to_api(saved, browser_server.get("/object_info"))
+    strip = lambda api: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in api.items()}  # noqa: E731
+    assert strip(ours) == strip(front)
+    page.screenshot(path=str(artifacts / f"template-{name.replace(' ', '_')}.png"))
+
+
+@pytest.fixture(scope="module")
+def training_run(page, browser_server, artifacts):
+    """Run the training example on the small checkpoint while watching its chart."""
+    open_template(page, TRAIN)
+    set_widgets(page, {**SMALL, "TokenSmithTrainEmbedding": {
+        "steps": TRAIN_STEPS, "validate_every": 4, "early_stop_patience": 0, "preview_every": TRAIN_STEPS // 2,
+        "num_vectors": 2}})
+    page.evaluate("() => { window.__tsRecorder.length = 0; window.app.queuePrompt(0, 1); }")
+    focus_node(page, "TokenSmithTrainEmbedding", zoom=1.1, bottom=True)
+    first = wait_until(lambda: (s := live_state(page)) and s["points"] >= 1 and s, 600, "the first training points")
+    second = wait_until(lambda: (s := live_state(page)) and (s["points"] > first["points"] or
+                                                              s["status"] != "running") and s, 600,
+                        "more training points")
+    page.screenshot(path=str(artifacts / "live-chart-running.png"))
+    final = wait_until(lambda: (s := live_state(page)) and s["status"] != "running" and s, 900, "the run to finish")
+    focus_node(page, "TokenSmithTrainEmbedding", zoom=1.1, bottom=True)
+    page.screenshot(path=str(artifacts / "live-chart-finished.png"))
+    done = wait_for_execution(page, 600)  # the sampler runs after the trainer
+    entry = browser_server.get(f"/history/{done['detail']['prompt_id']}")[done["detail"]["prompt_id"]]
+    return {"first": first, "second": second, "final": final, "history": entry, "done": done}
+
+
+def test_live_chart_follows_training(training_run):
+    first, second = training_run["first"], training_run["second"]
+    assert first["visible"] and first["ink"] > 200, first  # the chart is drawn
+    assert second["points"] > first["points"], (first, second)
+    assert "loss" in first["text"] and "ETA" in first["text"]
+    final = training_run["final"]
+    assert final["status"] == "finished", final
+    assert final["step"] == str(TRAIN_STEPS) and final["preview"], final
+    assert f"saved as embedding:{RING}" in final["text"]
+
+
+def test_training_example_runs_to_completion(training_run, browser_server):
+    entry = training_run["history"]
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert (browser_server.base / "models" / "embeddings" / f"{RING}.safetensors").is_file()
+    assert any(out.get("images") for out in entry["outputs"].values())
+    assert f"embedding:{RING} does not exist" not in browser_server.log_tail(200_000)
+
+
+def test_reload_mid_run_then_cancel(page, training_run, artifacts):
+    open_template(page, NEGATIVE)
+    set_widgets(page, {**SMALL, "TokenSmithTrainEmbedding": {"steps": 5000, "validate_every": 0,
+                                                             "early_stop_patience": 0, "preview_every": 0}})
+    page.evaluate("() => { window.__tsRecorder.length = 0; window.app.queuePrompt(0, 1); }")
+    before = wait_until(lambda: (s := live_state(page)) and s["points"] >= 2 and s, 600, "the negative run to start")
+    # reload: the chart comes back from GET /tokensmith/runs and keeps following the run
+    page.reload()
+    page.wait_for_function("!!(window.app && window.app.graph && window.comfyAPI && "
+                           "window.app.graph._nodes.some((n) => n.type === 'TokenSmithTrainEmbedding'))",
+                           timeout=90_000)
+    page.evaluate(RECORD_EVENTS)
+    back = wait_until(lambda: (s := live_state(page)) and s["points"] > 0 and s, 30, "the chart after the reload")
+    assert back["status"] == "running" and int(back["step"]) >= int(before["step"]), (before, back)
+    wait_until(lambda: (s := live_state(page)) and int(s["step"] or 0) > int(back["step"]), 300,
+               "live steps after the reload")
+    page.evaluate("() => window.comfyAPI.api.api.interrupt()")
+    state = wait_until(lambda: (s := live_state(page)) and s["status"] == "cancelled" and s, 120,
+                       "the chart to show the cancel")
+    assert "cancelled at step" in state["text"]
+
+
+def test_rollback_and_early_stop_show_on_the_chart(page, training_run, artifacts):
+    open_template(page, NEGATIVE)
+    # replay the server's event shapes through the front end's own event dispatcher
+    node_id = page.evaluate("() => window.app.graph._nodes.find((n) => n.type === 'TokenSmithTrainEmbedding').id")
+    events = [{"step": s, "total": 30, "loss": 0.5 / s + 0.05 * (s % 3), "val_loss": None, "lr": 5e-3 * (1 - s / 40),
+               "norms": {"clip_l": 0.4 + s / 100}, "eta_s": 30 - s} for s in range(1, 21)]
+    events[6]["event"] = {"step": 7, "kind": "rollback", "lr_factor": 0.5}
+    for s in (5, 10, 15, 20):
+        events[s - 1]["val_loss"] = 0.3 / s + 0.02
+    events[19]["event"] = {"step": 20, "kind": "early_stop", "best_step": 15}
+    page.evaluate("""([node, events]) => {
+      const api = window.comfyAPI.api.api;
+      const base = { run: 'synthetic', node: String(node), name: 'tokensmith-negative' };
+      for (const e of events) api.dispatchCustomEvent('tokensmith.train', { ...base, ...e });
+      api.dispatchCustomEvent('tokensmith.train', { ...base, event: { kind: 'early_stop' }, finished: true });
+    }""", [node_id, events])
+    state = wait_until(lambda: (s := live_state(page)) and s["status"] == "early_stop" and s, 10, "early stop")
+    assert "rolled back" in state["text"] and "stopped early" in state["text"] and "kept step 15" in state["text"]
+    focus_node(page, "TokenSmithTrainEmbedding", zoom=1.1, bottom=True)
+    page.screenshot(path=str(artifacts / "live-chart-events.png"))
+
+
+def test_negative_merge_and_convert_examples_run(page, training_run, browser_server):
+    results = {}
+    for name, extra in ((NEGATIVE, {"TokenSmithTrainEmbedding": {"steps": 6, "validate_every": 3,
+                                                                 "early_stop_patience": 0, "preview_every": 0}}),
+                        (MERGE, {}), (CONVERT, {})):
+        open_template(page, name)
+        set_widgets(page, {**SMALL, **extra})
+        event = queue_and_wait(page, 300)
+        results[name] = event
+        assert event["type"] == "execution_success", (name, json.dumps(event)[:2000])
+    folder = browser_server.base / "models" / "embeddings"
+    for made in ("tokensmith-negative", "tokensmith-ring-merged", "tokensmith-old-converted"):
+        assert (folder / f"{made}.safetensors").is_file(), made
+    # the inspect report reached the node
+    text = page.evaluate("() => [...document.querySelectorAll('textarea.tokensmith-text')].map((t) => t.value).join('\\n')")
+    assert "tokensmith-old" in text or "sd1" in text.lower(), text[:500]
+
+
+def prompt_textarea(page):
+    """The negative prompt box of the training example (a CLIPTextEncode with a text widget)."""
+    open_template(page, TRAIN)
+    focus_node(page, "TokenSmithTrainEmbedding", zoom=1.0)
+    handle = page.evaluate_handle("""() => {
+      const node = window.app.graph._nodes.find((n) => n.type === 'CLIPTextEncode' &&
+        n.widgets?.[0]?.value === 'blurry, low quality');
+      const c = window.app.canvas;
+      c.ds.scale = 1; c.ds.offset = [-node.pos[0] + 200, -node.pos[1] + 150]; c.setDirty(true, true);
+      return node.widgets[0].element || node.widgets[0].inputEl;
+    }""")
+    page.wait_for_timeout(500)
+    return handle.as_element()
+
+
+def test_embedding_browser_lists_and_inserts(page, training_run, artifacts):
+    area = prompt_textarea(page)
+    area.click()
+    page.keyboard.press("End")
+    page.keyboard.type(", ")
+    page.evaluate("() => window.app.extensionManager.command.execute('Workspace.ToggleSidebarTab.tokensmith-embeddings')")
+    panel = page.locator("#tokensmith-embedding-browser")
+    panel.wait_for(timeout=10_000)
+    page.locator(".tokensmith-search").fill("ring")
+    item = panel.locator(f'.tokensmith-item[data-name="{RING}"]')
+    item.wait_for(timeout=10_000)
+    assert "SD1" in item.inner_text() and "L 2×768" in item.inner_text()
+    page.screenshot(path=str(artifacts / "embedding-browser.png"))
+    item.click()
+    value = page.evaluate("""() => window.app.graph._nodes.find((n) => n.type === 'CLIPTextEncode' &&
+        String(n.widgets?.[0]?.value).startsWith('blurry')).widgets[0].value""")
+    assert value == f"blurry, low quality, embedding:{RING}", value
+    page.evaluate("() => window.app.extensionManager.command.execute('Workspace.ToggleSidebarTab.tokensmith-embeddings')")
+
+
+def test_autocomplete_offers_the_new_embedding(page, training_run, artifacts):
+    area = prompt_textarea(page)
+    area.click()
+    page.keyboard.press("Control+End")
+    page.keyboard.type(" embedding:tokensmith-ri")
+    popup = page.locator(".tokensmith-complete")
+    popup.wait_for(timeout=10_000)
+    assert RING in popup.inner_text()
+    page.screenshot(path=str(artifacts / "autocomplete.png"))
+    page.keyboard.press("Enter")
+    assert popup.count() == 0
+    value = area.input_value()
+    assert value.endswith(f"embedding:{RING} "), value
+    # turned off in the settings: no list
+    page.evaluate("() => window.app.extensionManager.setting.set('TokenSmith.Autocomplete.Enabled', false)")
+    page.keyboard.type("embedding:tok")
+    page.wait_for_timeout(800)
+    assert page.locator(".tokensmith-complete").count() == 0
+    page.evaluate("() => window.app.extensionManager.setting.set('TokenSmith.Autocomplete.Enabled', true)")
+
+
+def test_no_tokensmith_errors_in_the_console(page):
+    assert not page.tokensmith_console.tokensmith_errors(), page.tokensmith_console.tokensmith_errors()
