@@ -56,7 +56,7 @@ def artifacts():
 @pytest.fixture(scope="session")
 def browser_server(tmp_path_factory):
     from devkit.dataset import write_dataset
-    from devkit.demo import write_negative_dataset
+    from devkit.demo import pick_threads, write_negative_dataset
     from devkit.make_checkpoint import CHECKPOINT_NAME, ensure_checkpoint
     from devkit.server import ComfyServer
 
@@ -68,7 +68,18 @@ def browser_server(tmp_path_factory):
     (base / "models" / "embeddings").mkdir(parents=True)
     write_old_pt(base / "models" / "embeddings" / "tokensmith-old.pt")
     skip_first_visit(base)
-    server = ComfyServer(base).start()
+    # on a busy machine one torch thread trains faster than two fighting for the cores (see devkit.demo)
+    threads = pick_threads()
+    saved = os.environ.get("OMP_NUM_THREADS")
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    try:
+        server = ComfyServer(base).start()
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
     yield server
     server.stop()
 
