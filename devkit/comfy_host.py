@@ -74,6 +74,19 @@ def set_base_directory(base: str | os.PathLike) -> None:
 _pack_loaded = False
 
 
+def run_coroutine(coro):
+    """Run a coroutine to the end, also when this thread already runs an event loop (Playwright's
+    sync API keeps one running for the whole browser session)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 def load_pack() -> dict:
     """Load this repo as a custom node pack through ComfyUI's own loader; returns NODE_CLASS_MAPPINGS."""
     global _pack_loaded
@@ -81,7 +94,7 @@ def load_pack() -> dict:
     import nodes
 
     if not _pack_loaded:
-        ok = asyncio.run(nodes.load_custom_node(str(REPO_ROOT), module_parent="custom_nodes"))
+        ok = run_coroutine(nodes.load_custom_node(str(REPO_ROOT), module_parent="custom_nodes"))
         if not ok:
             raise RuntimeError("ComfyUI failed to load the TokenSmith pack; see the log above")
         _pack_loaded = True

@@ -184,7 +184,10 @@ def write_sd15_checkpoint(path, seed: int = 0) -> None:
         model = _model(comfy.supported_models.SD15, SD15_CHECKPOINT_UNET, seed)
         clip = _clip(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel, {}, seed + 1)
         with _quiet_logging():
+            # these keys make ComfyUI pick the standard SD VAE (x8, ch_mult 1,2,4,4), not the x4 upscaler's
             vae = comfy.sd.VAE(sd={"decoder.conv_in.weight": torch.zeros(512, 4, 3, 3),
+                                   "encoder.down.2.downsample.conv.weight": torch.zeros(512, 512, 3, 3),
+                                   "decoder.up.3.upsample.conv.weight": torch.zeros(512, 512, 3, 3),
                                    "post_quant_conv.weight": torch.zeros(4, 4, 1, 1)}, dtype=torch.float32)
         fill_seeded(vae.first_stage_model, seed + 2)
         sd = model.model.state_dict_for_saving(clip.get_sd(), vae.get_sd(), None)

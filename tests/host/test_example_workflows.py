@@ -19,15 +19,16 @@ def node_info(cls) -> dict:
 
 @pytest.fixture(scope="module")
 def object_info(comfy_base):
-    import asyncio
     import os
 
     import nodes
 
+    from devkit.comfy_host import run_coroutine
+
     # core's dataset and string nodes live in comfy_extras, which the in-process host does not load
     extras = os.path.join(os.path.dirname(os.path.realpath(nodes.__file__)), "comfy_extras")
     for module in ("nodes_dataset.py", "nodes_string.py"):
-        assert asyncio.run(nodes.load_custom_node(os.path.join(extras, module), module_parent="comfy_extras"))
+        assert run_coroutine(nodes.load_custom_node(os.path.join(extras, module), module_parent="comfy_extras"))
     return {name: node_info(cls) for name, cls in nodes.NODE_CLASS_MAPPINGS.items()}
 
 

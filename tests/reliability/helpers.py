@@ -183,4 +183,10 @@ def pack_tracebacks(log: str) -> list[str]:
     """Tracebacks in a server log that pass through TokenSmith's code (ComfyUI logs others of its own,
     e.g. from its database pool)."""
     blocks = log.split("Traceback (most recent call last):")[1:]
-    return [b[:2000] for b in blocks if "TokenSmith" in b.split("\n\n")[0] or "tokensmith" in b.split("\n\n")[0]]
+
+    def ours(block: str) -> bool:
+        # judge by the frames' file paths only: tqdm's "TokenSmith:" bar can land inside a logged block
+        frames = [line for line in block.split("\n\n")[0].splitlines() if line.lstrip().startswith('File "')]
+        return any("TokenSmith" in f or "tokensmith" in f or "comfy_adapter" in f or "trainer.py" in f for f in frames)
+
+    return [b[:2000] for b in blocks if ours(b)]

@@ -41,7 +41,8 @@ def test_object_info_lists_every_tokensmith_node(server):
     ours = {k for k in info if k.startswith("TokenSmith")}
     assert TOKENSMITH_NODES <= ours, ours
     train = info["TokenSmithTrainEmbedding"]
-    assert {"model", "clip", "vae", "images"} <= set(train["input"]["required"])
+    assert {"model", "clip", "name", "steps"} <= set(train["input"]["required"])
+    assert {"vae", "images", "latents", "masks", "captions"} <= set(train["input"]["optional"])
     log = server.log_tail(200000)
     # ComfyUI's own audio nodes fail without torchaudio; nothing of ours may fail
     ours = [line for line in log.splitlines() if ("IMPORT FAILED" in line or "Cannot import" in line)
