@@ -554,7 +554,7 @@ class _Evaluator:
         if n > MAX_INTERMEDIATE_VECTORS:
             raise _err(pos, f"{what} has {n} vectors, over the working limit of {MAX_INTERMEDIATE_VECTORS}")
 
-    def eval(self, node: Node) -> _Value:
+    def value_of(self, node: Node) -> _Value:
         if isinstance(node, Text):
             if node.text == "":
                 return _Value(None, 0)
@@ -564,18 +564,18 @@ class _Evaluator:
         if isinstance(node, TokenRef):
             return self.resolve("token", node.token, node.pos, f"token {node.token}")
         if isinstance(node, Chain):
-            value = self.eval(node.head)
+            value = self.value_of(node.head)
             for step in node.steps:
                 if isinstance(step, Concat):
-                    value = self.combine(value, self.eval(step.operand), "concat", step.pos)
+                    value = self.combine(value, self.value_of(step.operand), "concat", step.pos)
                 else:
                     value = self.apply(value, step)
             return value
         if isinstance(node, Sum):
-            value = self.eval(node.first)
+            value = self.value_of(node.first)
             for step in node.rest:
                 if isinstance(step, AddStep):
-                    value = self.combine(value, self.eval(step.operand), step.op, step.pos)
+                    value = self.combine(value, self.value_of(step.operand), step.op, step.pos)
                 else:
                     for op in step.ops:
                         value = self.apply(value, op)
@@ -632,7 +632,7 @@ def evaluate(
     ExpressionError naming the column; each distinct operand is resolved once per call.
     """
     ast = parse(text_or_ast) if isinstance(text_or_ast, str) else text_or_ast
-    value = _Evaluator(resolve_text, resolve_name, resolve_token).eval(ast)
+    value = _Evaluator(resolve_text, resolve_name, resolve_token).value_of(ast)
     if value.n == 0:
         raise ExpressionError("the expression gives zero vectors; an embedding needs at least one (check ':0' or '')")
     if value.rows is None:
