@@ -47,6 +47,7 @@ from .tokensmith.writer import atomic_write_bytes, save_embedding
 STATE_SUBFOLDER = "tokensmith_state"  # resume state lives in ComfyUI's output folder, never next to embeddings
 PROGRESS_EVERY_S = 0.5
 MAX_LEARNING_RATE = 1000.0  # beyond this AdamW's step size overflows float32 within a few steps
+VALIDATION_BATCHES = 4  # validation runs this many training batches per forward pass (no gradients kept)
 
 
 @dataclass
@@ -277,22 +278,19 @@ class Trainer:
         if precision == "fp32":
             return contextlib.nullcontext(), None
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        scaler = torch.amp.GradScaler(device_type) if dtype == torch.float16 and device_type == "cuda" else None
+        # fp16's narrow range needs loss scaling on any device (torch has a CPU GradScaler too)
+        scaler = torch.amp.GradScaler(device_type) if dtype == torch.float16 else None
         return torch.autocast(device_type=device_type, dtype=dtype), scaler
 
     def _loss(self, params, prompts: list[str], idx: torch.Tensor, gen: torch.Generator,
               u: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
-        conds, pooleds = [], []
-        for prompt in prompts:
-            tokens = adapter.fill_slots(self.rows.tokens(prompt), params, self.encoders)
-            cond, pooled = adapter.encode_tokens(self.clip, tokens)
-            conds.append(cond)
-            pooleds.append(pooled)
-        if len({c.shape[1] for c in conds}) > 1:
+        token_sets = [adapter.fill_slots(self.rows.tokens(prompt), params, self.encoders) for prompt in prompts]
+        if len({len(rows) for tokens in token_sets for rows in tokens.values()}) > 1:
             raise TrainingError("prompts of different lengths in one batch: keep every prompt within 75 tokens "
                                 "(shorten the captions or the template lines)")
-        cond = torch.cat(conds).to(self.device)
-        pooled = None if pooleds[0] is None else torch.cat(pooleds).to(self.device)
+        cond, pooled = adapter.encode_batch(self.clip, token_sets)
+        cond = cond.to(self.device)
+        pooled = None if pooled is None else pooled.to(self.device)
         x0 = self._latents(idx, gen)
         if u is None:
             u = torch.rand(len(idx), generator=gen)
@@ -326,7 +324,8 @@ class Trainer:
     def validation_loss(self, params) -> float:
         idx, prompts, u, noise = self.val_set
         total = 0.0
-        bs = max(1, self.cfg.batch_size)
+        # no activations are kept without gradients, so validation runs a few training batches at once
+        bs = max(1, self.cfg.batch_size) * VALIDATION_BATCHES
         with torch.no_grad():
             for start in range(0, len(idx), bs):
                 sl = slice(start, start + bs)
@@ -483,7 +482,14 @@ class Trainer:
                         total += float(loss.detach())
                     if scaler:
                         scaler.unscale_(optimizer)
-                    status = guard.check(total)
+                    status = guard.check(total, loss_scaled=scaler is not None)
+                    if status == NaNGuard.OVERFLOW:
+                        # fp16 loss-scale overflow: the scaler skips this step and halves its scale;
+                        # the same batch is tried again at the lower scale
+                        scaler.step(optimizer)
+                        scaler.update()
+                        history.event(next_step, "fp16_overflow", scale=float(scaler.get_scale()))
+                        continue
                     if status != NaNGuard.OK:
                         attempt += 1
                         history.event(next_step, "rollback", lr_factor=guard.lr_factor)

@@ -144,8 +144,11 @@ def fill(module: torch.nn.Module, seed: int) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen, device=p.device) * 0.01)
 
 
-def build(host: Host, family: str, dtype: torch.dtype, smoke: bool):
-    """MODEL (ModelPatcher) and CLIP of one architecture, made on the device under inference mode."""
+def build(host: Host, family: str, dtype: torch.dtype, smoke: bool, offload_to_cpu: bool = False):
+    """MODEL (ModelPatcher) and CLIP of one architecture, made on the device under inference mode.
+
+    offload_to_cpu: the UNet is made on the CPU with the CPU as its offload device, as ComfyUI's
+    loaders leave a checkpoint, so model management decides how much of it goes to the GPU."""
     import comfy.model_patcher
     import comfy.sd
     import comfy.sd1_clip
@@ -165,10 +168,11 @@ def build(host: Host, family: str, dtype: torch.dtype, smoke: bool):
             target = comfy.supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel)
             text_options = {"clip_l_model_config": SMOKE_TEXT, "clip_g_model_config": SMOKE_TEXT} if smoke else {}
         config.set_inference_dtype(dtype, None)
-        base = config.get_model({}, device=device)
-        base.to(device)
+        home = torch.device("cpu") if offload_to_cpu else device
+        base = config.get_model({}, device=home)
+        base.to(home)
         fill(base.diffusion_model, 0)
-        model = comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=device)
+        model = comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=home)
         clip = comfy.sd.CLIP(target=target, embedding_directory=folder_paths.get_folder_paths("embeddings"),
                              model_options={"dtype": dtype, "load_device": device, "offload_device": device,
                                             "initial_device": device, **text_options})

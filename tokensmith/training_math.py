@@ -169,6 +169,10 @@ class NaNGuard:
 
     OK = "ok"
     ROLLED_BACK = "rolled_back"
+    OVERFLOW = "overflow"
+    # A loss scale that starts at 2**16 reaches 2**-8 after this many halvings: past that the
+    # gradients themselves are infinite, not the scaling.
+    MAX_OVERFLOWS_IN_ROW = 24
 
     def __init__(self, params: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer,
                  max_consecutive: int = 3, backoff: float = 0.5):
@@ -183,6 +187,8 @@ class NaNGuard:
         self.lr_factor = 1.0
         self.consecutive = 0
         self.rollbacks = 0
+        self.overflows = 0
+        self.overflows_in_row = 0
         self._save()
 
     def _save(self) -> None:
@@ -196,17 +202,36 @@ class NaNGuard:
                 p.grad = None
         self.optimizer.load_state_dict(copy.deepcopy(self._opt_state))
 
-    def check(self, loss: torch.Tensor | float, grads: Iterable[torch.Tensor | None] | None = None) -> str:
-        """``"ok"`` or ``"rolled_back"`` (see the class docstring); ``grads`` default to the params' .grad."""
+    def check(self, loss: torch.Tensor | float, grads: Iterable[torch.Tensor | None] | None = None,
+              loss_scaled: bool = False) -> str:
+        """``"ok"``, ``"rolled_back"`` (see the class docstring) or ``"overflow"``.
+
+        ``grads`` default to the params' .grad. With ``loss_scaled`` (fp16 with a GradScaler, grads
+        already unscaled) a finite loss with infinite gradients is the scale overflowing, which the
+        scaler handles by skipping the step and lowering the scale: that returns ``"overflow"``, and
+        neither rolls back nor lowers the learning rate.
+        """
         if grads is None:
             grads = [p.grad for p in self.params]
-        checks = [torch.isfinite(torch.as_tensor(loss)).all().cpu()]
-        checks += [torch.isfinite(g).all().cpu() for g in grads if g is not None]
-        checks += [torch.isfinite(p).all().cpu() for p in self.params]
-        if bool(torch.stack(checks).all()):
+        loss_ok = torch.isfinite(torch.as_tensor(loss)).all().cpu()
+        grads_ok = [torch.isfinite(g).all().cpu() for g in grads if g is not None]
+        params_ok = [torch.isfinite(p).all().cpu() for p in self.params]
+        finite = torch.stack([loss_ok, *grads_ok, *params_ok]).tolist()
+        if all(finite):
             self.consecutive = 0
+            self.overflows_in_row = 0
             self._save()
             return self.OK
+        loss_and_params_ok = finite[0] and all(finite[1 + len(grads_ok):])
+        if loss_scaled and loss_and_params_ok:
+            self.overflows += 1
+            self.overflows_in_row += 1
+            if self.overflows_in_row > self.MAX_OVERFLOWS_IN_ROW:
+                raise TrainingError(
+                    f"fp16 gradients overflowed {self.overflows_in_row} steps in a row even at a tiny loss scale; "
+                    "train in bf16 or fp32 instead (precision input)"
+                )
+            return self.OVERFLOW
         self.consecutive += 1
         self.rollbacks += 1
         self.lr_factor *= self.backoff

@@ -225,6 +225,38 @@ def test_nan_guard_counts_consecutive_only():
     assert guard.rollbacks == 4
 
 
+def test_nan_guard_leaves_fp16_scale_overflow_to_the_scaler():
+    p, opt = _setup(3)
+    guard = NaNGuard([p], opt, max_consecutive=3)
+    _good_step(p, opt, guard)
+    before = p.detach().clone()
+    opt.zero_grad()
+    loss = (p**2).sum()
+    loss.backward()
+    p.grad.fill_(float("inf"))  # what an overflowing loss scale leaves after unscale_
+    # with a loss scale: no rollback, no lower learning rate, the vectors stay as they are
+    for _ in range(4):  # more than max_consecutive: overflows are not rollbacks
+        assert guard.check(loss, loss_scaled=True) == "overflow"
+    assert guard.lr_factor == 1.0 and guard.rollbacks == 0 and guard.overflows == 4
+    assert torch.equal(p.detach(), before)
+    # without one, infinite gradients are a bad step
+    assert guard.check(loss) == "rolled_back"
+    # a non-finite loss is a bad step even with a loss scale
+    assert guard.check(torch.tensor(float("nan")), loss_scaled=True) != "overflow"
+
+
+def test_nan_guard_gives_up_on_endless_overflow():
+    p, opt = _setup(4)
+    guard = NaNGuard([p], opt)
+    loss = (p**2).sum()
+    loss.backward()
+    p.grad.fill_(float("inf"))
+    for _ in range(NaNGuard.MAX_OVERFLOWS_IN_ROW):
+        assert guard.check(loss, loss_scaled=True) == "overflow"
+    with pytest.raises(TrainingError, match="bf16 or fp32"):
+        guard.check(loss, loss_scaled=True)
+
+
 # ---------------------------------------------------------------- early stopping
 
 

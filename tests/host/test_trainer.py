@@ -190,6 +190,7 @@ def test_concept_recovery_closes_most_of_the_gap(pack):
 
 @pytest.mark.parametrize("options", [
     dict(precision="bf16", gradient_checkpointing=True),
+    dict(precision="fp16"),  # autocast fp16 with a GradScaler (overflows skipped, not rolled back)
     dict(latent_sampling="random", flip=True, min_snr_gamma=5.0, norm_mode="median"),
     dict(latent_sampling="once", norm_mode="clamp", max_norm=0.3, clip_mode="value", clip_value=0.01),
 ])
