@@ -299,13 +299,7 @@ class Trainer:
         sigmas = adapter.sample_sigmas(self.model, u).to(self.device)
         xt = adapter.noisy_latents(self.model, sigmas, noise.to(self.device), x0)
 
-        def run(xt_, sigmas_, cond_, pooled_):
-            return adapter.denoise(self.model, xt_, sigmas_, cond_, pooled_, self.pixel_size)
-
-        if self.cfg.gradient_checkpointing and torch.is_grad_enabled():
-            x0_pred = torch.utils.checkpoint.checkpoint(run, xt, sigmas, cond, pooled, use_reentrant=False)
-        else:
-            x0_pred = run(xt, sigmas, cond, pooled)
+        x0_pred = adapter.denoise(self.model, xt, sigmas, cond, pooled, self.pixel_size)
         mask = None if self.latent_masks is None else self.latent_masks[idx].to(self.device)
         return diffusion_loss(x0_pred.float(), x0.float(), sigmas, self.prediction, mask=mask,
                               min_snr_gamma=self.cfg.min_snr_gamma or None)
@@ -461,7 +455,9 @@ class Trainer:
             if cfg.preview_every:
                 segment_end = min(segment_end, (step // cfg.preview_every + 1) * cfg.preview_every)
             adapter.load_for_training(self.model, self.clip)
-            with torch.inference_mode(False), adapter.trainable_graph(self.model.model, self.clip.cond_stage_model):
+            checkpointing = adapter.checkpointed_unet(self.model) if cfg.gradient_checkpointing else contextlib.nullcontext()
+            with torch.inference_mode(False), adapter.trainable_graph(self.model.model, self.clip.cond_stage_model), \
+                    checkpointing:
                 while step < segment_end:
                     next_step = step + 1
                     # a step retried after a rollback draws other data (the same batch would fail again)
