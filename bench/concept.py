@@ -1,6 +1,6 @@
 """Time to a learned concept: TokenSmith's default settings against an A1111-style constant-rate run.
 
-    python -m bench.concept [--max-fine 60] [--user-cap 200] [--json OUT]
+    python -m bench.concept [--max-fine 150] [--user-cap 200] [--json OUT]
 
 The task (devkit/conditioned.py): a tiny SD1-like UNet pre-trained to draw one latent pattern per
 word. Training latents are the word "cat"'s pattern; training starts from the vector of "dog"
@@ -16,9 +16,13 @@ Runs, same task, same seed:
   defaults for textual inversion).
 
 Each setting runs twice:
-1. to the target: validating after every step (a validation reads the vectors and never changes the
-   training), stopped from the progress callback once 90% of the gap is closed (or at --max-fine
-   steps): `steps_to_90`, exact to the step;
+1. validating after every step (a validation reads the vectors and never changes the training) for
+   --max-fine steps: `steps_to_90` is the first step with 90% of the gap closed, exact to the step.
+   On this tiny model any setting gets there in 2-3 steps and then goes far past the hidden word
+   (the learned vectors fit the data better than the word does), so the hidden word's loss is a
+   weak target. The bench also takes the best validation loss any run reached as a second target:
+   `steps_to_90_of_best` is the first step with 90% of the gap between the init vectors and that
+   best loss closed, which takes tens of steps and separates the settings;
 2. as a user would run it, with early stopping on: TrainConfig()'s step count, validation cadence and
    patience (patience 4 where the defaults have early stopping off); --user-cap ends it there when it
    has not stopped by itself (`ran_to_cap`), keeping the full run's schedule. The trainer stops after
@@ -104,10 +108,9 @@ def run_setting(label, overrides, task, ms, latents, trainer_mod, TrainConfig, v
     fine = TrainConfig(**{**task, **overrides, "name": f"bench-concept-{label}", "validate_every": 1,
                           "early_stop_patience": 0})
     t0 = time.perf_counter()
-    _, _, _, vals = _train(ms, latents, fine, trainer_mod, stop_when=lambda v: _closed(v0, v, hidden) >= TARGET,
-                           stop_at=max_fine)
+    _, _, _, fine_vals = _train(ms, latents, fine, trainer_mod, stop_at=max_fine)
     fine_wall = time.perf_counter() - t0
-    curve = [(s, _closed(v0, v, hidden)) for s, v in vals]
+    curve = [(s, _closed(v0, v, hidden)) for s, v in fine_vals]
     reached = next((s for s, c in curve if c >= TARGET), None)
     # 2. as a user runs it: default length, cadence and early stopping (ended by the bench at user_cap)
     user = TrainConfig(**{**task, **overrides, "name": f"bench-concept-es-{label}",
@@ -133,6 +136,7 @@ def run_setting(label, overrides, task, ms, latents, trainer_mod, TrainConfig, v
         "steps_to_90": reached,
         "fine_steps_cap": max_fine,
         "closed_at_stop": curve[-1][1] if curve else None,
+        "fine_val_loss": [[st, v] for st, v in fine_vals],
         "step_s": step_s,
         "seconds_to_90": None if reached is None else reached * step_s,
         "user_validate_every": user.validate_every, "early_stop_patience": patience, "user_cap": user_cap,
@@ -151,7 +155,7 @@ def run_setting(label, overrides, task, ms, latents, trainer_mod, TrainConfig, v
     }
 
 
-def measure(max_fine: int = 60, user_cap: int | None = None) -> list[dict]:
+def measure(max_fine: int = 150, user_cap: int | None = None) -> list[dict]:
     from devkit import concept as concept_mod
     from devkit import conditioned
 
@@ -173,8 +177,15 @@ def measure(max_fine: int = 60, user_cap: int | None = None) -> list[dict]:
         print(f"{label}: 90% of the gap at step {r['steps_to_90']}; with early stopping: ran "
               f"{r['steps_run_with_early_stop']} steps, kept step {r['early_stop_best_step']} "
               f"(gap closed {r['early_stop_closed']:.2f})", file=sys.stderr)
+    # the second target: 90% of the way from the init vectors to the best loss any run reached
+    best = min(v for r in out for _, v in r["fine_val_loss"])
+    for r in out:
+        r["val_best_any_run"] = best
+        r["steps_to_90_of_best"] = next((st for st, v in r["fine_val_loss"] if _closed(v0, v, best) >= TARGET), None)
+        r["seconds_to_90_of_best"] = None if r["steps_to_90_of_best"] is None else r["steps_to_90_of_best"] * r["step_s"]
+        print(f"{r['setting']}: 90% of the way to the best loss at step {r['steps_to_90_of_best']}", file=sys.stderr)
     ts, a = out
-    summary = {"case": "concept-summary", "target": TARGET, "gap": v0 - hidden,
+    summary = {"case": "concept-summary", "target": TARGET, "gap": v0 - hidden, "gap_to_best": v0 - best,
                "defaults_read": {k: getattr(defaults, k) for k in ("learning_rate", "lr_shape", "lr_warmup_steps",
                                                                     "clip_mode", "clip_value", "norm_mode", "steps",
                                                                     "validate_every", "early_stop_patience")}}
@@ -182,6 +193,10 @@ def measure(max_fine: int = 60, user_cap: int | None = None) -> list[dict]:
         summary["speedup_steps"] = a["steps_to_90"] / ts["steps_to_90"]
     elif ts["steps_to_90"]:
         summary["speedup_steps_at_least"] = max_fine / ts["steps_to_90"]  # A1111 did not get there
+    if ts["steps_to_90_of_best"] and a["steps_to_90_of_best"]:
+        summary["speedup_steps_to_best"] = a["steps_to_90_of_best"] / ts["steps_to_90_of_best"]
+    elif ts["steps_to_90_of_best"]:
+        summary["speedup_steps_to_best_at_least"] = max_fine / ts["steps_to_90_of_best"]
     if not (ts["ran_to_cap"] or a["ran_to_cap"]):
         summary["speedup_steps_with_early_stop"] = a["steps_run_with_early_stop"] / ts["steps_run_with_early_stop"]
     # a coarser view from the early-stopping runs: when does TokenSmith reach what A1111 had at the end?
@@ -190,13 +205,15 @@ def measure(max_fine: int = 60, user_cap: int | None = None) -> list[dict]:
     summary["a1111_end"] = {"step": a_end[0], "closed": a_end[1]}
     summary["tokensmith_steps_to_a1111_end"] = ts_match
     summary["goal_2x_fewer_steps"] = bool(summary.get("speedup_steps", summary.get("speedup_steps_at_least", 0)) >= 2)
+    summary["goal_2x_fewer_steps_to_best"] = bool(
+        summary.get("speedup_steps_to_best", summary.get("speedup_steps_to_best_at_least", 0)) >= 2)
     out.append(summary)
     return out
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max-fine", type=int, default=60, help="cap on the validate-every-step run")
+    parser.add_argument("--max-fine", type=int, default=150, help="length of the validate-every-step run")
     parser.add_argument("--user-cap", type=int, default=None,
                         help="end the early-stopping run here if it has not stopped (default: its full length)")
     parser.add_argument("--threads", type=int, default=1)

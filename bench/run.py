@@ -131,12 +131,15 @@ def print_table(cases: list[dict], run: dict) -> None:
     concept = [c for c in cases if c.get("case", "").startswith("concept-") and "setting" in c]
     if concept:
         print("\nTime to a learned concept (90% of the validation-loss gap closed)")
-        print(f"{'setting':<11} {'steps':>6} {'seconds':>8} {'ES ran':>7} {'ES kept':>8} {'ES closed':>10} {'lr':>6} "
-              f"{'shape':>9} {'clip':>5}")
+        print(f"{'setting':<11} {'steps':>6} {'seconds':>8} {'to best':>8} {'ES ran':>7} {'ES kept':>8} {'ES closed':>10} "
+              f"{'lr':>6} {'shape':>9} {'clip':>5}")
         for c in concept:
             secs = c.get("seconds_to_90")
-            print(f"{c['setting']:<11} {c['steps_to_90'] if c['steps_to_90'] is not None else '>' + str(c['fine_steps_cap']):>6} "
-                  f"{'-' if secs is None else f'{secs:.1f}':>8} {c['steps_run_with_early_stop']:>7} "
+            cap = '>' + str(c['fine_steps_cap'])
+            to_best = c.get("steps_to_90_of_best")
+            print(f"{c['setting']:<11} {c['steps_to_90'] if c['steps_to_90'] is not None else cap:>6} "
+                  f"{'-' if secs is None else f'{secs:.1f}':>8} {to_best if to_best is not None else cap:>8} "
+                  f"{c['steps_run_with_early_stop']:>7} "
                   f"{c['early_stop_best_step']:>8} {c['early_stop_closed']:>10.2f} {c['learning_rate']:>6} "
                   f"{c['lr_shape']:>9} {c['clip_mode']:>5}")
         summary = next((c for c in cases if c.get("case") == "concept-summary"), None)
@@ -144,6 +147,9 @@ def print_table(cases: list[dict], run: dict) -> None:
             speed = summary.get("speedup_steps", summary.get("speedup_steps_at_least"))
             print(f"A1111 steps / TokenSmith steps to 90%: {speed if speed is None else round(speed, 2)} "
                   f"(goal >= 2: {'met' if summary.get('goal_2x_fewer_steps') else 'not met'})")
+            speed = summary.get("speedup_steps_to_best", summary.get("speedup_steps_to_best_at_least"))
+            print(f"... to 90% of the way to the best loss any run reached: {speed if speed is None else round(speed, 2)} "
+                  f"(goal >= 2: {'met' if summary.get('goal_2x_fewer_steps_to_best') else 'not met'})")
     files = [c for c in cases if c.get("case", "").startswith("files-")]
     if files:
         print("\nFiles")
@@ -225,7 +231,7 @@ def main(argv=None) -> int:
                                              < row["floor_growth_mb"] + 0.5 * row["model_mb"])
                 row["ti_state_under_1mb"] = row["ti_state_bytes"] < 2**20
     if "concept" in parts:
-        concept_args = ["--max-fine", "20", "--user-cap", "40"] if args.quick else ["--user-cap", "200"]
+        concept_args = ["--max-fine", "20", "--user-cap", "40"] if args.quick else ["--max-fine", "150", "--user-cap", "200"]
         data, wall, err = _child("concept", concept_args, args.threads)
         note("concept", wall, err)
         results.extend(data if not err else [{"case": "concept", "error": err}])

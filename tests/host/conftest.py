@@ -1,5 +1,6 @@
-"""In-process ComfyUI: the real host imported on CPU, the pack loaded by ComfyUI's own loader,
-and small real MODEL/CLIP/VAE objects of each family (built once per session)."""
+"""In-process ComfyUI: the real host imported on CPU with its folders in a temporary base, and the
+pack loaded by ComfyUI's own loader. The small real MODEL/CLIP/VAE objects of each family and the
+`pack` / `node_classes` fixtures are in tests/conftest.py (shared with the reliability suite)."""
 
 from __future__ import annotations
 
@@ -19,48 +20,9 @@ def comfy_base(tmp_path_factory):
     return base
 
 
-@pytest.fixture(scope="session")
-def pack(comfy_base):
-    """Import a pack module the way ComfyUI loaded it: pack('comfy_adapter'), pack('nodes.files')."""
-    return comfy_host.pack_import
-
-
-@pytest.fixture(scope="session")
-def node_classes(comfy_base):
-    """The pack's V3 node classes by node id."""
-    mod = comfy_host.pack_import("nodes")
-    return {cls.define_schema().node_id: cls for cls in mod.NODE_LIST}
-
-
 @pytest.fixture
 def embeddings_dir(comfy_base):
     import folder_paths
 
     path = folder_paths.get_folder_paths("embeddings")[0]
     return path
-
-
-def _build(family):
-    from devkit.model_factory import build_tiny
-
-    return build_tiny(family, seed=0)
-
-
-@pytest.fixture(scope="session")
-def sd1(comfy_base):
-    return _build("sd1")
-
-
-@pytest.fixture(scope="session")
-def sd2(comfy_base):
-    return _build("sd2")
-
-
-@pytest.fixture(scope="session")
-def sdxl(comfy_base):
-    return _build("sdxl")
-
-
-@pytest.fixture(scope="session")
-def models(sd1, sd2, sdxl):
-    return {"sd1": sd1, "sd2": sd2, "sdxl": sdxl}

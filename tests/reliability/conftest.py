@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from devkit import comfy_host
-from devkit.make_checkpoint import ensure_checkpoint
 from tests.reliability.helpers import ModelRuns, running_server, server_base
 
 # ----------------------------------------------------------------------------- in-process ComfyUI
@@ -34,17 +33,6 @@ def base(comfy_base):
     return comfy_base
 
 
-@pytest.fixture(scope="session")
-def pack(comfy_base):
-    return comfy_host.pack_import
-
-
-@pytest.fixture(scope="session")
-def node_classes(comfy_base):
-    mod = comfy_host.pack_import("nodes")
-    return {cls.define_schema().node_id: cls for cls in mod.NODE_LIST}
-
-
 @pytest.fixture
 def embeddings_dir(base):
     import folder_paths
@@ -52,27 +40,6 @@ def embeddings_dir(base):
     path = Path(folder_paths.get_folder_paths("embeddings")[0])
     folder_paths.filename_list_cache.clear()
     return path
-
-
-def _build(family):
-    from devkit.model_factory import build_tiny
-
-    return build_tiny(family, seed=0)
-
-
-@pytest.fixture(scope="session")
-def sd1(comfy_base):
-    return _build("sd1")
-
-
-@pytest.fixture(scope="session")
-def sd2(comfy_base):
-    return _build("sd2")
-
-
-@pytest.fixture(scope="session")
-def sdxl(comfy_base):
-    return _build("sdxl")
 
 
 @pytest.fixture
@@ -93,11 +60,6 @@ def model_runs():
 
 
 # ----------------------------------------------------------------------------- servers
-
-
-@pytest.fixture(scope="session")
-def checkpoint_file():
-    return ensure_checkpoint()
 
 
 @pytest.fixture(scope="session")

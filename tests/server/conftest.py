@@ -8,13 +8,8 @@ import os
 import pytest
 
 from devkit.dataset import write_dataset
-from devkit.make_checkpoint import CHECKPOINT_NAME, ensure_checkpoint
+from devkit.make_checkpoint import CHECKPOINT_NAME
 from devkit.server import ComfyServer
-
-
-@pytest.fixture(scope="session")
-def checkpoint_file():
-    return ensure_checkpoint()
 
 
 @pytest.fixture(scope="session")
