@@ -67,6 +67,7 @@ def check_host() -> list[str]:
     need(comfy.clip_model, "CLIPLayer", "comfy.clip_model.CLIPLayer")
     need(comfy.clip_model, "CLIPTextModel", "comfy.clip_model.CLIPTextModel")
     need(comfy.model_management, "load_models_gpu", "comfy.model_management.load_models_gpu")
+    need(comfy.model_management, "soft_empty_cache", "comfy.model_management.soft_empty_cache")
     need(comfy.model_management, "throw_exception_if_processing_interrupted",
          "comfy.model_management.throw_exception_if_processing_interrupted")
     need(comfy.model_sampling, "EPS", "comfy.model_sampling.EPS")
@@ -474,6 +475,11 @@ def checkpointed_unet(model) -> Iterator[None]:
 def load_for_training(model, clip) -> None:
     """Load MODEL and CLIP together through ComfyUI's model management (devices, offloading)."""
     comfy.model_management.load_models_gpu([model, clip.patcher])
+
+
+def free_device_memory() -> None:
+    """Give the accelerator's cached blocks back (after running out of memory)."""
+    comfy.model_management.soft_empty_cache()
 
 
 def training_device(model) -> torch.device:

@@ -409,6 +409,31 @@ class Trainer:
     # ---------------------------------------------------------------- the loop
 
     def run(self) -> TrainResult:
+        try:
+            return self._run()
+        except torch.OutOfMemoryError:
+            pass  # the error's traceback holds the step's tensors: they are freed once this block is left
+        adapter.free_device_memory()
+        raise TrainingError(self._out_of_memory_advice())
+
+    def _out_of_memory_advice(self) -> str:
+        cfg = self.cfg
+        h, w = getattr(self, "pixel_size", (0, 0))
+        device = getattr(self, "device", None)
+        tips = []
+        if not cfg.gradient_checkpointing:
+            tips.append("turn on gradient_checkpointing (measured on SDXL at 1024 px: 1.6 instead of 7.1 GiB "
+                        "above the weights)")
+        if cfg.batch_size > 1:
+            tips.append(f"lower batch_size ({cfg.batch_size}; gradient_accumulation keeps the effective batch)")
+        tips.append("train on smaller images")
+        if cfg.precision == "fp32":
+            tips.append("use precision auto (bf16 or fp16)")
+        where = "the GPU" if device is None or device.type == "cuda" else f"the {device.type} device"
+        return (f"{where} ran out of memory while training (batch {cfg.batch_size}, {w}x{h} px, precision "
+                f"{cfg.precision}): " + "; ".join(tips) + f". The model is unchanged and {cfg.name} was not saved.")
+
+    def _run(self) -> TrainResult:
         cfg = self.cfg
         self.device = adapter.training_device(self.model)
         self._prepare_latents()

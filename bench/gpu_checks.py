@@ -12,13 +12,15 @@ The CPU test suite cannot reach these paths, so a session that is lent a GPU run
 - offload-partial: a weight budget of half the UNet (the --lowvram path ComfyUI takes when the
   model does not fit), so part of the UNet is on the GPU and part is cast per layer;
 - saved-file-in-use: the saved file through core's CLIPTextEncode with `embedding:NAME` on the GPU
-  equals the conditioning the trainer optimised.
+  equals the conditioning the trainer optimised;
+- out-of-memory: a batch far beyond the card ends in TokenSmith's error with advice, the model
+  unchanged, no file written, and a normal run works right after.
 
 Each training check uses the SD1.5 architecture (ComfyUI's SD15 config, full CLIP-L, seeded random
 weights) at 256 x 256 pixels and asserts: every recorded loss and the vectors are finite, the vectors
 moved, and the model's weights are bitwise what they were before. Writes one JSON row per check
 (bench/results/gpu-checks-latest.json, and $OUT when set); exit status 1 when any check failed.
---smoke runs the same code on the CPU at toy sizes (the offload checks need CUDA and are skipped).
+--smoke runs the same code on the CPU at toy sizes (the offload and memory checks need CUDA and are skipped).
 """
 
 from __future__ import annotations
@@ -131,6 +133,34 @@ def _offload(host, smoke, budget_fraction: float | None):
     return row
 
 
+def check_out_of_memory(host, smoke):
+    """A batch far beyond the card: a clear error, the model unchanged, no file, the memory given back."""
+    import folder_paths
+
+    from devkit.checks import assert_same_weights as same
+
+    model, clip = gpu.build(host, "sd15", torch.bfloat16, smoke)
+    ms = SimpleNamespace(model=model, clip=clip)
+    before = weights_snapshot(ms)
+    resident = torch.cuda.memory_allocated(host.device)
+    name = "gpu-check-oom"
+    try:
+        _train(host, model, clip, name, "bf16", 2, 512, batch=512)
+    except host.trainer.TrainingError as e:
+        message = str(e)
+    else:
+        raise AssertionError("a batch of 512 at 512 px trained without running out of memory")
+    assert "ran out of memory" in message and "gradient_checkpointing" in message, message
+    same(before, ms)
+    path = os.path.join(folder_paths.get_folder_paths("embeddings")[0], name + ".safetensors")
+    assert not os.path.exists(path), "a file was written"
+    after = torch.cuda.memory_allocated(host.device)
+    # and the card is usable again: a normal run right after
+    _, result = _train(host, model, clip, name, "bf16", 2, 256)
+    assert os.path.exists(result.path)
+    return {"message": message, "allocated_before_gib": resident / 2**30, "allocated_after_gib": after / 2**30}
+
+
 def check_saved_file_in_use(host, keep: dict):
     import nodes
 
@@ -151,6 +181,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="toy sizes on the CPU, to test this script")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--only", default="", help="comma-separated check names")
     args = parser.parse_args(argv)
     if not args.smoke and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --smoke to test the script on the CPU")
@@ -166,7 +197,11 @@ def main(argv=None) -> int:
     rows: list[dict] = []
     keep: dict = {}
 
+    wanted = {c.strip() for c in args.only.split(",") if c.strip()}
+
     def attempt(name, fn, *fn_args):
+        if wanted and name not in wanted:
+            return
         t0 = time.perf_counter()
         try:
             row = {"check": name, "ok": True, **fn(*fn_args)}
@@ -187,11 +222,16 @@ def main(argv=None) -> int:
     host.mm.unload_all_models()
     attempt("precision-auto", check_precision_auto, host, args.smoke)
     if host.device.type == "cuda":
+        host.mm.unload_all_models()
+        attempt("out-of-memory", check_out_of_memory, host, args.smoke)
+        host.mm.unload_all_models()
         attempt("offload-all", _offload, host, args.smoke, None)
         attempt("offload-partial", _offload, host, args.smoke, 0.5)
     shutil.rmtree(host.base, ignore_errors=True)
     if os.environ.get("OUT") and Path(os.environ["OUT"]).is_dir():
-        shutil.copy(out_path, Path(os.environ["OUT"]) / out_path.name)
+        target = Path(os.environ["OUT"]) / out_path.name
+        if target.resolve() != out_path.resolve():
+            shutil.copy(out_path, target)
     print(f"wrote {out_path} in {time.perf_counter() - started:.0f} s")
     return 0 if all(r["ok"] for r in rows) else 1
 
