@@ -283,7 +283,7 @@ class Trainer:
         return torch.autocast(device_type=device_type, dtype=dtype), scaler
 
     def _loss(self, params, prompts: list[str], idx: torch.Tensor, gen: torch.Generator,
-              u: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+              u: torch.Tensor | None = None, noise: torch.Tensor | None = None, weighted: bool = True) -> torch.Tensor:
         token_sets = [adapter.fill_slots(self.rows.tokens(prompt), params, self.encoders) for prompt in prompts]
         if len({len(rows) for tokens in token_sets for rows in tokens.values()}) > 1:
             raise TrainingError("prompts of different lengths in one batch: keep every prompt within 75 tokens "
@@ -302,7 +302,7 @@ class Trainer:
         x0_pred = adapter.denoise(self.model, xt, sigmas, cond, pooled, self.pixel_size)
         mask = None if self.latent_masks is None else self.latent_masks[idx].to(self.device)
         return diffusion_loss(x0_pred.float(), x0.float(), sigmas, self.prediction, mask=mask,
-                              min_snr_gamma=self.cfg.min_snr_gamma or None)
+                              min_snr_gamma=(self.cfg.min_snr_gamma or None) if weighted else None)
 
     def _validation_set(self):
         gen = torch.Generator().manual_seed(_step_seed(self.cfg.seed, 0, 2))
@@ -323,7 +323,9 @@ class Trainer:
         with torch.no_grad():
             for start in range(0, len(idx), bs):
                 sl = slice(start, start + bs)
-                loss = self._loss(params, prompts[sl], idx[sl], torch.Generator(), u=u[sl], noise=noise[sl])
+                # unweighted (no min-SNR): the score must not depend on how the training loss is weighted
+                loss = self._loss(params, prompts[sl], idx[sl], torch.Generator(), u=u[sl], noise=noise[sl],
+                                  weighted=False)
                 total += float(loss) * len(idx[sl])
         return total / len(idx)
 

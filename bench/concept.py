@@ -1,6 +1,6 @@
 """Time to a learned concept: TokenSmith's default settings against an A1111-style constant-rate run.
 
-    python -m bench.concept [--max-fine 150] [--user-cap 200] [--json OUT]
+    python -m bench.concept [--max-fine 150] [--user-cap 200] [--extra-seeds 1,2] [--json OUT]
 
 The task (devkit/conditioned.py): a tiny SD1-like UNet pre-trained to draw one latent pattern per
 word. Training latents are the word "cat"'s pattern; training starts from the vector of "dog"
@@ -22,7 +22,8 @@ Each setting runs twice:
    (the learned vectors fit the data better than the word does), so the hidden word's loss is a
    weak target. The bench also takes the best validation loss any run reached as a second target:
    `steps_to_90_of_best` is the first step with 90% of the gap between the init vectors and that
-   best loss closed, which takes tens of steps and separates the settings;
+   best loss closed, which takes tens of steps. It varies with the seed (26-70 steps seen), so the
+   validate-every-step runs are repeated for --extra-seeds and the summary compares the means;
 2. as a user would run it, with early stopping on: TrainConfig()'s step count, validation cadence and
    patience (patience 4 where the defaults have early stopping off); --user-cap ends it there when it
    has not stopped by itself (`ran_to_cap`), keeping the full run's schedule. The trainer stops after
@@ -155,7 +156,7 @@ def run_setting(label, overrides, task, ms, latents, trainer_mod, TrainConfig, v
     }
 
 
-def measure(max_fine: int = 150, user_cap: int | None = None) -> list[dict]:
+def measure(max_fine: int = 150, user_cap: int | None = None, extra_seeds: tuple[int, ...] = (1, 2)) -> list[dict]:
     from devkit import concept as concept_mod
     from devkit import conditioned
 
@@ -205,8 +206,28 @@ def measure(max_fine: int = 150, user_cap: int | None = None) -> list[dict]:
     summary["a1111_end"] = {"step": a_end[0], "closed": a_end[1]}
     summary["tokensmith_steps_to_a1111_end"] = ts_match
     summary["goal_2x_fewer_steps"] = bool(summary.get("speedup_steps", summary.get("speedup_steps_at_least", 0)) >= 2)
-    summary["goal_2x_fewer_steps_to_best"] = bool(
-        summary.get("speedup_steps_to_best", summary.get("speedup_steps_to_best_at_least", 0)) >= 2)
+    # one seed is noisy at this target: repeat the validate-every-step runs with other seeds
+    by_seed = {"tokensmith": [ts["steps_to_90_of_best"]], "a1111": [a["steps_to_90_of_best"]]}
+    for seed in extra_seeds:
+        seeded = {**task, "seed": seed}
+        v0_s, _ = reference(seeded, ms, latents, hidden_vectors, trainer_mod, TrainConfig, concept_mod)
+        curves = {}
+        for label, overrides in (("tokensmith", {}), ("a1111", A1111)):
+            cfg = TrainConfig(**{**seeded, **overrides, "name": f"bench-concept-{label}-s{seed}", "validate_every": 1,
+                                 "early_stop_patience": 0})
+            curves[label] = _train(ms, latents, cfg, trainer_mod, stop_at=max_fine)[3]
+        best_s = min(v for vals in curves.values() for _, v in vals)
+        for label, vals in curves.items():
+            by_seed[label].append(next((st for st, v in vals if _closed(v0_s, v, best_s) >= TARGET), None))
+        print(f"seed {seed}: 90% of the way to the best loss at step {by_seed['tokensmith'][-1]} (TokenSmith), "
+              f"{by_seed['a1111'][-1]} (A1111)", file=sys.stderr)
+    summary["seeds"] = [task["seed"], *extra_seeds]
+    summary["steps_to_90_of_best_by_seed"] = by_seed
+    if all(x is not None for xs in by_seed.values() for x in xs):
+        mean = {label: statistics.mean(xs) for label, xs in by_seed.items()}
+        summary["mean_steps_to_90_of_best"] = mean
+        summary["speedup_steps_to_best_mean"] = mean["a1111"] / mean["tokensmith"]
+    summary["goal_2x_fewer_steps_to_best"] = bool(summary.get("speedup_steps_to_best_mean", 0) >= 2)
     out.append(summary)
     return out
 
@@ -216,6 +237,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-fine", type=int, default=150, help="length of the validate-every-step run")
     parser.add_argument("--user-cap", type=int, default=None,
                         help="end the early-stopping run here if it has not stopped (default: its full length)")
+    parser.add_argument("--extra-seeds", default="1,2",
+                        help="seeds whose validate-every-step runs are repeated (comma-separated; '' for none)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
@@ -223,7 +246,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     base = start_host()
     try:
-        out = measure(args.max_fine, args.user_cap)
+        out = measure(args.max_fine, args.user_cap,
+                      tuple(int(x) for x in args.extra_seeds.split(",") if x.strip()))
     finally:
         stop_host(base)
     text = json.dumps(out, indent=2)

@@ -16,7 +16,7 @@ def test_default_config_is_valid_and_its_schedule_parses():
     cfg = TrainConfig().validate()
     assert cfg.schedule_shape() == "cosine"
     schedule = parse_schedule(cfg.learning_rate, cfg.steps, cfg.lr_warmup_steps, cfg.schedule_shape())
-    assert schedule.value(1) == pytest.approx(1e-2, rel=1e-3)
+    assert schedule.value(1) == pytest.approx(5e-3, rel=1e-3)
     assert schedule.value(cfg.steps) == pytest.approx(5e-4)
 
 

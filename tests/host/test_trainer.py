@@ -234,3 +234,15 @@ def test_previews_and_loss_graph_nodes(pack, sd1, node_classes):
         assert previews.shape == (2, 64, 64, 3)  # one after step 1, one of the final vectors
         drawn = graph.execute(history, 320, 256).result[0]
     assert drawn.shape == (1, 256, 320, 3)
+
+
+def test_validation_loss_does_not_depend_on_the_training_weighting(pack, sd1):
+    """min-SNR weights the training loss only: the validation loss scores the vectors the same way for
+    every setting, so runs (and early stopping) stay comparable."""
+    kw = dict(steps=1, validate_every=1, validation_samples=4, learning_rate="5e-2")
+    _, plain = run_trainer(pack, sd1, images(), name="val-plain", **kw)
+    _, weighted = run_trainer(pack, sd1, images(), name="val-minsnr", min_snr_gamma=0.05, **kw)
+    # step 0 is validated before any training: same vectors, same score
+    assert plain.history.val_loss[0] == weighted.history.val_loss[0]
+    # while the training loss itself is weighted (it can fail: gamma 0.05 weights almost every noise level down)
+    assert plain.history.loss[0] != weighted.history.loss[0]
