@@ -7,6 +7,8 @@ The CPU test suite cannot reach these paths, so a session that is lent a GPU run
 - precision-fp16: fp16 weights, fp16 autocast and a GradScaler (fp16 loss-scale overflows must be
   skipped by the scaler, not rolled back by the NaN guard);
 - precision-auto: "auto" must pick bf16 on a GPU that has it;
+- images-and-previews: images through ComfyUI's VAE, validation, and previews from ComfyUI's own
+  sampler between training segments;
 - offload-all: ComfyUI's NO_VRAM state (the --novram path: every layer's weights cast to the GPU
   as it runs, from the CPU);
 - offload-partial: a weight budget of half the UNet (the --lowvram path ComfyUI takes when the
@@ -137,8 +139,6 @@ def check_out_of_memory(host, smoke):
     """A batch far beyond the card: a clear error, the model unchanged, no file, the memory given back."""
     import folder_paths
 
-    from devkit.checks import assert_same_weights as same
-
     model, clip = gpu.build(host, "sd15", torch.bfloat16, smoke)
     ms = SimpleNamespace(model=model, clip=clip)
     before = weights_snapshot(ms)
@@ -151,7 +151,7 @@ def check_out_of_memory(host, smoke):
     else:
         raise AssertionError("a batch of 512 at 512 px trained without running out of memory")
     assert "ran out of memory" in message and "gradient_checkpointing" in message, message
-    same(before, ms)
+    assert_same_weights(before, ms)
     path = os.path.join(folder_paths.get_folder_paths("embeddings")[0], name + ".safetensors")
     assert not os.path.exists(path), "a file was written"
     after = torch.cuda.memory_allocated(host.device)
@@ -159,6 +159,31 @@ def check_out_of_memory(host, smoke):
     _, result = _train(host, model, clip, name, "bf16", 2, 256)
     assert os.path.exists(result.path)
     return {"message": message, "allocated_before_gib": resident / 2**30, "allocated_after_gib": after / 2**30}
+
+
+def check_images_and_previews(host, smoke):
+    """The image path on the device: VAE encode, validation, previews from ComfyUI's sampler between
+    training segments (the model management loads and unloads around them)."""
+    from devkit.model_factory import small_vae
+
+    model, clip = gpu.build(host, "sd15", torch.float32 if smoke else torch.bfloat16, smoke)
+    vae = small_vae(2)
+    ms = SimpleNamespace(model=model, clip=clip)
+    before = weights_snapshot(ms)
+    pixels = 32 if smoke else 256
+    images = torch.rand(3, pixels, pixels, 3, generator=torch.Generator().manual_seed(3))
+    cfg = host.TrainConfig(name="gpu-check-previews", steps=4, batch_size=2, preview_every=2, preview_steps=3,
+                           validate_every=2, validation_samples=4, num_vectors=2)
+    trainer = host.trainer.Trainer(model, clip, vae, images, cfg, overwrite=True)
+    with torch.inference_mode():
+        result = trainer.run()
+    assert_same_weights(before, ms)
+    row = _assert_trained(trainer, result, 4)
+    shapes = [list(p.shape) for p in result.previews]
+    assert len(result.previews) == 2, f"{len(result.previews)} previews, 2 expected (step 2 and the end)"
+    assert all(p.shape[-1] == 3 and torch.isfinite(p).all() for p in result.previews), shapes
+    row.update({"previews": shapes, "val_loss": result.history.val_loss})
+    return row
 
 
 def check_saved_file_in_use(host, keep: dict):
@@ -221,6 +246,8 @@ def main(argv=None) -> int:
     keep.clear()
     host.mm.unload_all_models()
     attempt("precision-auto", check_precision_auto, host, args.smoke)
+    host.mm.unload_all_models()
+    attempt("images-and-previews", check_images_and_previews, host, args.smoke)
     if host.device.type == "cuda":
         host.mm.unload_all_models()
         attempt("out-of-memory", check_out_of_memory, host, args.smoke)

@@ -100,7 +100,8 @@ def _quiet_logging():
         root.setLevel(level)
 
 
-def _vae(seed: int):
+def small_vae(seed: int):
+    """A small real ComfyUI VAE (4 latent channels, x8 down-sampling) with seeded weights, on ComfyUI's device."""
     import comfy.sd
 
     ddconfig = {
@@ -160,7 +161,7 @@ def build_tiny(family: str, seed: int = 0) -> ModelSet:
                          {"clip_l_model_config": SMALL_TEXT_ENCODER, "clip_g_model_config": SMALL_TEXT_ENCODER}, seed + 1)
         else:
             raise ValueError(f"unknown family {family!r}")
-        vae = _vae(seed + 2)
+        vae = small_vae(seed + 2)
     return ModelSet(family, model, clip, vae)
 
 
