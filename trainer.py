@@ -48,6 +48,8 @@ STATE_SUBFOLDER = "tokensmith_state"  # resume state lives in ComfyUI's output f
 PROGRESS_EVERY_S = 0.5
 MAX_LEARNING_RATE = 1000.0  # beyond this AdamW's step size overflows float32 within a few steps
 VALIDATION_BATCHES = 4  # validation runs this many training batches per forward pass (no gradients kept)
+# torch.OutOfMemoryError (any device) is torch 2.5+; older hosts raise the CUDA one
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
 @dataclass
@@ -413,7 +415,7 @@ class Trainer:
     def run(self) -> TrainResult:
         try:
             return self._run()
-        except torch.OutOfMemoryError:
+        except OUT_OF_MEMORY:
             pass  # the error's traceback holds the step's tensors: they are freed once this block is left
         adapter.free_device_memory()
         raise TrainingError(self._out_of_memory_advice())

@@ -246,3 +246,23 @@ def test_validation_loss_does_not_depend_on_the_training_weighting(pack, sd1):
     assert plain.history.val_loss[0] == weighted.history.val_loss[0]
     # while the training loss itself is weighted (it can fail: gamma 0.05 weights almost every noise level down)
     assert plain.history.loss[0] != weighted.history.loss[0]
+
+
+@pytest.mark.parametrize("options,expected,absent", [
+    (dict(batch_size=4, precision="fp32"), ["gradient_checkpointing", "lower batch_size (4", "precision auto"], []),
+    (dict(batch_size=1, precision="bf16", gradient_checkpointing=True), ["smaller images"],
+     ["gradient_checkpointing", "batch_size (", "precision auto"]),
+])
+def test_out_of_memory_advice_fits_the_settings(pack, sd1, options, expected, absent):
+    """What the out-of-memory error suggests depends on what is not already in use (the error itself is
+    provoked on a GPU by bench/gpu_checks.py; a CPU cannot run out of memory on cue)."""
+    Trainer = pack("trainer").Trainer
+    with torch.inference_mode():
+        trainer = Trainer(sd1.model, sd1.clip, sd1.vae, images(), make_config(pack, name="oom-advice", **options),
+                          overwrite=True)
+    advice = trainer._out_of_memory_advice()
+    assert "ran out of memory" in advice and "oom-advice was not saved" in advice
+    for text in expected:
+        assert text in advice, (text, advice)
+    for text in absent:
+        assert text not in advice, (text, advice)
