@@ -36,7 +36,6 @@ Each setting runs twice:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -46,7 +45,7 @@ import torch
 
 from devkit import comfy_host
 
-from .step_floor import start_host, stop_host
+from .child import add_common_args, emit, run_in_host
 
 WORD, INIT_WORD = "cat", "dog"
 TARGET = 0.9
@@ -239,23 +238,10 @@ def main(argv=None) -> int:
                         help="end the early-stopping run here if it has not stopped (default: its full length)")
     parser.add_argument("--extra-seeds", default="1,2",
                         help="seeds whose validate-every-step runs are repeated (comma-separated; '' for none)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", help="write the figures here")
+    add_common_args(parser)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    base = start_host()
-    try:
-        out = measure(args.max_fine, args.user_cap,
-                      tuple(int(x) for x in args.extra_seeds.split(",") if x.strip()))
-    finally:
-        stop_host(base)
-    text = json.dumps(out, indent=2)
-    if args.json:
-        with open(args.json, "w") as fh:
-            fh.write(text + "\n")
-    else:
-        print(text)
+    extra_seeds = tuple(int(x) for x in args.extra_seeds.split(",") if x.strip())
+    emit(run_in_host(args.threads, lambda: measure(args.max_fine, args.user_cap, extra_seeds)), args.json)
     return 0
 
 

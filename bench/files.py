@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -27,7 +26,7 @@ import torch
 from devkit import comfy_host
 
 from .bench_files import list_folder, make_files
-from .step_floor import start_host, stop_host
+from .child import add_common_args, emit, run_in_host
 
 MERGE_EXPRESSION = "('a photo of'/2 + style_a*0.75 =:4), (style_b:2)"
 
@@ -98,22 +97,10 @@ def measure(count: int) -> list[dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1000)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", help="write the figures here")
+    add_common_args(parser)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    base = start_host()
-    try:
-        out = measure(args.count)
-    finally:
-        stop_host(base)
-    text = json.dumps(out, indent=2)
-    if args.json:
-        with open(args.json, "w") as fh:
-            fh.write(text + "\n")
-    else:
-        print(text)
+    out = run_in_host(args.threads, lambda: measure(args.count))
+    emit(out, args.json)
     for r in out:
         print(f"{r['case']}: {r.get('files_per_s', r.get('ops_per_s')):.1f} per second", file=sys.stderr)
     return 0

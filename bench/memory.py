@@ -20,7 +20,6 @@ trainer wrote (tensor bytes).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -31,7 +30,8 @@ import torch
 
 from devkit import comfy_host
 
-from .step_floor import CASES, Floor, bench_latents, load_case, model_sizes, start_host, stop_host
+from .child import add_common_args, emit, run_in_host
+from .step_floor import CASES, Floor, bench_latents, load_case, model_sizes
 
 
 def _status_kb(field: str) -> int:
@@ -144,24 +144,12 @@ def main(argv=None) -> int:
     parser.add_argument("--mode", choices=("train", "floor"), required=True)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--num-vectors", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", help="write the figures here")
+    add_common_args(parser)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    base = start_host()
-    try:
-        t0 = time.perf_counter()
-        out = run(args.case, args.mode, args.steps, args.num_vectors)
-        out["wall_s"] = time.perf_counter() - t0
-    finally:
-        stop_host(base)
-    text = json.dumps(out, indent=2)
-    if args.json:
-        with open(args.json, "w") as fh:
-            fh.write(text + "\n")
-    else:
-        print(text)
+    t0 = time.perf_counter()
+    out = run_in_host(args.threads, lambda: run(args.case, args.mode, args.steps, args.num_vectors))
+    out["wall_s"] = time.perf_counter() - t0
+    emit(out, args.json)
     print(f"{args.case} {args.mode}: loaded {out['rss_loaded_mb']:.0f} MB, peak {out['peak_rss_mb']:.0f} MB "
           f"(+{out['growth_mb']:.0f} MB; model {out['model_mb']:.0f} MB)", file=sys.stderr)
     return 0

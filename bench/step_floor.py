@@ -27,19 +27,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import logging
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 
 import torch
 
 from devkit import comfy_host
+
+from .child import add_common_args, emit, run_in_host
 
 # name -> how to load it; every case trains at 64 x 64 pixels (8 x 8 latents), batch as TrainConfig's default
 CASES = {
@@ -56,19 +54,6 @@ FLOOR_PROMPT = "a photo of"  # the floor's prompt: these words, then the vectors
 
 # ------------------------------------------------------------------------------------------------
 # host and models
-
-
-def start_host() -> str:
-    """Import ComfyUI on CPU with its folders in a fresh temp dir, load the pack; returns the dir."""
-    base = tempfile.mkdtemp(prefix="tokensmith-bench-")
-    comfy_host.import_comfy(base)
-    comfy_host.load_pack()
-    logging.getLogger().setLevel(logging.WARNING)
-    return base
-
-
-def stop_host(base: str) -> None:
-    shutil.rmtree(base, ignore_errors=True)
 
 
 @dataclass
@@ -426,25 +411,12 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: fit the budget)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: TrainConfig's")
     parser.add_argument("--budget-s", type=float, default=60.0, help="rough time for the timed steps")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (0: torch's default; 1 keeps a shared, oversubscribed CPU from "
-                             "stalling torch's thread pool)")
-    parser.add_argument("--json", help="write the figures here")
+    add_common_args(parser)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    base = start_host()
-    try:
-        out = measure(args.case, args.warmup, args.steps, args.budget_s, batch_size=args.batch_size)
-    finally:
-        stop_host(base)
+    out = run_in_host(args.threads, lambda: measure(args.case, args.warmup, args.steps, args.budget_s,
+                                                    batch_size=args.batch_size))
     out["torch_threads"] = torch.get_num_threads()
-    text = json.dumps(out, indent=2)
-    if args.json:
-        with open(args.json, "w") as fh:
-            fh.write(text + "\n")
-    else:
-        print(text)
+    emit(out, args.json)
     print(f"{args.case}: step {out['step_s'] * 1000:.1f} ms, floor {out['floor_s'] * 1000:.1f} ms, "
           f"ratio {out['step_floor_ratio']:.3f}", file=sys.stderr)
     return 0
