@@ -358,7 +358,8 @@ def encode_batch(clip, token_sets: list[dict]) -> tuple[torch.Tensor, torch.Tens
         return cond, pooled
     rows = {len(r) for tokens in token_sets for r in tokens.values()}
     if len(rows) != 1:
-        raise ValueError("prompts of different lengths cannot share one encoder pass")
+        raise TrainingError("prompts of different lengths in one batch: keep every prompt within 75 tokens "
+                            "(shorten the captions or the template lines)")
     per_prompt = rows.pop()
     joined = {key: [row for tokens in token_sets for row in tokens[key]] for key in token_sets[0]}
     captured: dict[int, torch.Tensor] = {}

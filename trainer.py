@@ -287,9 +287,6 @@ class Trainer:
     def _loss(self, params, prompts: list[str], idx: torch.Tensor, gen: torch.Generator,
               u: torch.Tensor | None = None, noise: torch.Tensor | None = None, weighted: bool = True) -> torch.Tensor:
         token_sets = [adapter.fill_slots(self.rows.tokens(prompt), params, self.encoders) for prompt in prompts]
-        if len({len(rows) for tokens in token_sets for rows in tokens.values()}) > 1:
-            raise TrainingError("prompts of different lengths in one batch: keep every prompt within 75 tokens "
-                                "(shorten the captions or the template lines)")
         cond, pooled = adapter.encode_batch(self.clip, token_sets)
         cond = cond.to(self.device)
         pooled = None if pooled is None else pooled.to(self.device)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -18,9 +17,7 @@ from devkit import comfy_host
 def start_host() -> str:
     """Import ComfyUI on CPU with its folders in a fresh temp dir, load the pack; returns the dir."""
     base = tempfile.mkdtemp(prefix="tokensmith-bench-")
-    comfy_host.import_comfy(base)
-    comfy_host.load_pack()
-    logging.getLogger().setLevel(logging.WARNING)
+    comfy_host.start_in_process(base)
     return base
 
 

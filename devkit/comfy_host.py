@@ -101,6 +101,16 @@ def load_pack() -> dict:
     return nodes.NODE_CLASS_MAPPINGS
 
 
+def start_in_process(base_directory: str | os.PathLike) -> None:
+    """ComfyUI imported in this process with its folders in base_directory, the pack loaded, and
+    the host's info logging quietened (tests and benchmarks)."""
+    import logging
+
+    import_comfy(base_directory)
+    load_pack()
+    logging.getLogger().setLevel(logging.WARNING)
+
+
 def pack_module_name() -> str:
     """The name ComfyUI registers the pack under in sys.modules (its path with dots replaced)."""
     for name, mod in sys.modules.items():

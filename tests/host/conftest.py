@@ -4,8 +4,6 @@ pack loaded by ComfyUI's own loader. The small real MODEL/CLIP/VAE objects of ea
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 
 from devkit import comfy_host
@@ -14,9 +12,7 @@ from devkit import comfy_host
 @pytest.fixture(scope="session")
 def comfy_base(tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy_base")
-    comfy_host.import_comfy(base)
-    comfy_host.load_pack()
-    logging.getLogger().setLevel(logging.WARNING)
+    comfy_host.start_in_process(base)
     return base
 
 

@@ -63,5 +63,5 @@ def test_prompts_of_different_lengths_are_refused(pack, sd1):
     with torch.inference_mode(), adapter.PromptRows(clip, 1) as rows:
         vectors = vectors_for(clip, adapter, 1, seed=1)
         token_sets = [adapter.fill_slots(rows.tokens(p), vectors, rows.encoders) for p in (PROMPTS[0], long_prompt)]
-        with pytest.raises(ValueError, match="different lengths"):
+        with pytest.raises(pack("tokensmith.errors").TrainingError, match="different lengths"):
             adapter.encode_batch(clip, token_sets)

@@ -266,3 +266,15 @@ def test_out_of_memory_advice_fits_the_settings(pack, sd1, options, expected, ab
         assert text in advice, (text, advice)
     for text in absent:
         assert text not in advice, (text, advice)
+
+
+def test_captions_of_different_chunk_counts_in_one_batch_are_refused(pack, sd1):
+    TrainingError = pack("tokensmith.errors").TrainingError
+    long_caption = ", ".join(["a very detailed photo of a small red ring"] * 12)  # well over 75 tokens
+    cfg = make_config(pack, name="chunks", steps=2, batch_size=2, template="custom",
+                      custom_template="[name], [filewords]", validate_every=1)
+    trainer = pack("trainer").Trainer(sd1.model, sd1.clip, sd1.vae, images(2), cfg, overwrite=True,
+                                      captions=f"short\n{long_caption}")
+    # the step-0 validation batches both images' prompts together
+    with torch.inference_mode(), pytest.raises(TrainingError, match="within 75 tokens"):
+        trainer.run()

@@ -5,7 +5,6 @@ snapshot, and resident memory / thread counts of a server process."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
@@ -19,9 +18,7 @@ from tests.reliability.helpers import ModelRuns, running_server, server_base
 @pytest.fixture(scope="session")
 def comfy_base(tmp_path_factory):
     base = tmp_path_factory.mktemp("reliability_base")
-    comfy_host.import_comfy(base)
-    comfy_host.load_pack()
-    logging.getLogger().setLevel(logging.WARNING)
+    comfy_host.start_in_process(base)
     return base
 
 
