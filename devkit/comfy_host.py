@@ -112,9 +112,12 @@ def start_in_process(base_directory: str | os.PathLike) -> None:
 
 
 def pack_module_name() -> str:
-    """The name ComfyUI registers the pack under in sys.modules (its path with dots replaced)."""
-    for name, mod in sys.modules.items():
-        if getattr(mod, "__file__", None) == str(REPO_ROOT / "__init__.py"):
+    """The name ComfyUI registers the pack under in sys.modules (its path with dots replaced).
+
+    Only a package counts: pytest may also import the repo's __init__.py as a plain module (named
+    "__init__" when the folder's name is no Python identifier, as in ComfyUI-TokenSmith)."""
+    for name, mod in list(sys.modules.items()):
+        if getattr(mod, "__file__", None) == str(REPO_ROOT / "__init__.py") and hasattr(mod, "__path__"):
             return name
     raise RuntimeError("the pack is not loaded")
 
