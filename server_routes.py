@@ -2,7 +2,8 @@
 
 Routes (registered on ComfyUI's PromptServer when ComfyUI runs as a server):
 - GET /tokensmith/embeddings           every embedding file: name, family, vectors per encoder, size,
-                                        hash (safetensors header only; no file is unpickled)
+                                        AutoV2 hash (headers only, no file is unpickled; each file is
+                                        hashed once per size and mtime)
 - GET /tokensmith/embeddings/info?name= one file's header facts (the name is checked against the folders)
 - GET /tokensmith/runs                  the latest training runs' event history (for a page reload mid-run)
 
@@ -100,8 +101,10 @@ def runs_snapshot() -> list[dict]:
 
 
 def describe_embedding(path: str, name: str) -> dict:
-    """Header facts for one file, cached by (mtime, size); errors become an `error` field."""
+    """Header facts and the file's AutoV2 hash (`hash`, as model sites show it; `sha256` in full),
+    computed once per (path, size, mtime) and cached; errors become an `error` field."""
     from .tokensmith.formats import read_header
+    from .tokensmith.hashing import file_hashes
 
     try:
         st = os.stat(path)
@@ -119,8 +122,9 @@ def describe_embedding(path: str, name: str) -> dict:
             "encoders": header.get("encoders", {}),
             "step": header.get("step"),
             "vectors": next(iter(header.get("encoders", {}).values()), [None])[0],
-            "hash": header.get("sha256_header") or header.get("hash"),
         })
+        hashes = file_hashes(path)
+        info.update({"hash": hashes["autov2"], "sha256": hashes["sha256"]})
     except Exception as exc:  # a bad file is listed with its reason, never breaks the list
         info["error"] = str(exc)
     _header_cache[path] = (st.st_mtime, st.st_size, info)

@@ -12,7 +12,7 @@ from . import __version__
 from .convert import to_sd1, to_sdxl
 from .errors import EmbeddingFileError, TokenSmithError
 from .formats import read_embedding, read_embedding_with_header, read_header
-from .hashing import sha256_file
+from .hashing import file_hashes
 from .report import inspect_report
 from .writer import write_embedding_file
 
@@ -32,14 +32,12 @@ def _fmt(x) -> str:
 def inspect_file(path: Path, name: str | None = None) -> dict:
     emb, header = read_embedding_with_header(path, name=name)
     report = inspect_report(emb)
-    digest = sha256_file(path)
     report.update({
         "path": str(path),
         "size": header["size"],
         "container": header["container"],
         "dtypes": header["dtypes"],
-        "sha256": digest,
-        "autov2": digest[:10],
+        **file_hashes(path),
     })
     for enc, dtype in header["dtypes"].items():
         report["stats"][enc]["stored_dtype"] = dtype

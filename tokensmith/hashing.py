@@ -8,6 +8,7 @@ from pathlib import Path
 from .errors import EmbeddingFileError
 
 _CHUNK = 1024 * 1024
+AUTOV2_DIGITS = 10  # Civitai's and A1111's short hash: this many leading hex digits of the SHA-256
 
 
 def sha256_file(path) -> str:
@@ -22,6 +23,12 @@ def sha256_file(path) -> str:
     return digest.hexdigest()
 
 
+def file_hashes(path) -> dict[str, str]:
+    """``{"sha256": ..., "autov2": ...}`` of the whole file, read once."""
+    digest = sha256_file(path)
+    return {"sha256": digest, "autov2": digest[:AUTOV2_DIGITS]}
+
+
 def autov2(path) -> str:
     """The short hash Civitai and A1111 show ("AutoV2"): the first 10 hex digits of the SHA-256."""
-    return sha256_file(path)[:10]
+    return file_hashes(path)["autov2"]
