@@ -9,7 +9,7 @@ from comfy_api.latest import io, ui
 
 from .. import comfy_adapter
 from ..tokensmith.embedding import Embedding
-from ..tokensmith.hashing import sha256_file
+from ..tokensmith.hashing import file_hashes
 from ..tokensmith.report import encoder_stats, inspect_report
 from .files import source_of
 from .types import CATEGORY
@@ -77,8 +77,7 @@ def _source_section(emb: Embedding) -> dict:
     except OSError:
         unchanged = False
     if unchanged:
-        digest = sha256_file(src.path)
-        out.update({"sha256": digest, "autov2": digest[:10]})
+        out.update(file_hashes(src.path))
     else:
         out.update({"sha256": None, "autov2": None,
                     "note": "the file changed or vanished since it was loaded; run Load Embedding again"})
