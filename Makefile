@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 HOST = $$(cat .venv/comfyui_path)
 
-.PHONY: provision test test-core lint demo serve bench fuzz clean
+.PHONY: provision test test-hosts test-core lint demo serve bench fuzz clean
 
 provision:
 	@bash scripts/provision.sh
@@ -14,7 +14,12 @@ lint: provision
 test: provision
 	@bash scripts/install_browser.sh
 	$(PY) -m ruff check .
-	COMFYUI_PATH=$(HOST) $(PY) -m pytest tests
+	COMFYUI_PATH=$(HOST) $(PY) -m pytest tests --junitxml=test-artifacts/junit.xml
+
+# The in-process, server and browser tests on every ComfyUI host found (scripts/test_hosts.py)
+test-hosts:
+	@bash scripts/install_browser.sh
+	python3 scripts/test_hosts.py $(ARGS)
 
 test-core: provision
 	$(PY) -m pytest tests/core

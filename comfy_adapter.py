@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import inspect
 import logging
 import os
 import shutil
@@ -53,6 +55,20 @@ def host_version() -> str:
         return "unknown"
 
 
+@functools.cache
+def host_takes_advanced_inputs() -> bool:
+    """Whether this host's V3 inputs accept `advanced=True` (newer front ends fold such inputs
+    away); older hosts refuse the keyword, so it is only passed where it is known."""
+    from comfy_api.latest import io
+
+    return "advanced" in inspect.signature(io.Input.__init__).parameters
+
+
+def advanced_input() -> dict:
+    """Keyword arguments that mark a node input as advanced on hosts that know the flag."""
+    return {"advanced": True} if host_takes_advanced_inputs() else {}
+
+
 def check_host() -> list[str]:
     """The internals this module relies on that the running ComfyUI lacks (empty when all is well)."""
     missing = []
@@ -85,8 +101,6 @@ def check_host() -> list[str]:
             need(tok, attr, f"comfy.sd1_clip.SDTokenizer.{attr}")
     layer = getattr(comfy.clip_model, "CLIPLayer", None)
     if layer is not None:
-        import inspect
-
         params = list(inspect.signature(layer.forward).parameters)
         if params[:4] != ["self", "x", "mask", "optimized_attention"]:
             missing.append(f"comfy.clip_model.CLIPLayer.forward(x, mask, optimized_attention) (has {params})")

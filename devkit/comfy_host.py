@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -128,3 +129,29 @@ def pack_import(submodule: str):
 
     load_pack()
     return importlib.import_module(f"{pack_module_name()}.{submodule}")
+
+
+def is_pack_file(path: str | os.PathLike) -> bool:
+    """Whether a file is part of this pack: its resolved path lies in the pack's folder and not in a
+    hidden folder there (the .venv/, .comfyui/ and .hosts/ that provisioning puts beside the code).
+    Identity by location, not by a word in the path: the checkout may be named ComfyUI-TokenSmith,
+    or linked into a host's custom_nodes/."""
+    try:
+        rel = Path(os.path.realpath(path)).relative_to(REPO_ROOT)
+    except ValueError:
+        return False
+    return not any(part.startswith(".") for part in rel.parts)
+
+
+_QUOTED_PATH = re.compile(r'File "([^"]+)"')
+_BARE_PATH = re.compile(r"(/[^\s:'\"]+)")
+
+
+def frames_in_pack(text: str) -> bool:
+    """Whether a traceback's frames (File "..." lines) pass through the pack's own files."""
+    return any(is_pack_file(p) for p in _QUOTED_PATH.findall(text))
+
+
+def names_pack_path(line: str) -> bool:
+    """Whether a log line names a path inside the pack (e.g. ComfyUI's 'Cannot import PATH ...')."""
+    return any(is_pack_file(p.rstrip(".,)")) for p in _BARE_PATH.findall(line))

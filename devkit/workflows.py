@@ -22,6 +22,12 @@ from .comfy_host import REPO_ROOT
 
 EXAMPLES_DIR = REPO_ROOT / "example_workflows"
 SD15_NAME = "v1-5-pruned-emaonly-fp16.safetensors"  # what most people have; the user picks their own
+# Where a missing model comes from, in the form the front end's missing-models dialog reads from a
+# loader node's properties (as ComfyUI's own templates carry it).
+MODEL_SOURCES = {
+    SD15_NAME: {"url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
+                       f"{SD15_NAME}?download=true", "directory": "checkpoints"},
+}
 DEMO_FOLDER = "tokensmith_demo"
 NEGATIVE_FOLDER = "tokensmith_negative"
 TRAIN = "Train an embedding from images"
@@ -290,6 +296,15 @@ def fit_view(page) -> None:
     }""")
 
 
+def add_model_sources(ui_graph: dict) -> dict:
+    """Give each loader node whose file is in MODEL_SOURCES the `models` property naming its source."""
+    for node in ui_graph.get("nodes", []):
+        files = [v for v in node.get("widgets_values") or [] if isinstance(v, str) and v in MODEL_SOURCES]
+        if files:
+            node.setdefault("properties", {})["models"] = [{"name": f, **MODEL_SOURCES[f]} for f in files]
+    return ui_graph
+
+
 def build(out_dir: Path = EXAMPLES_DIR) -> list[Path]:
     """Write every example's UI-format JSON and a .jpg screenshot of it (needs chromium)."""
     import tempfile
@@ -305,6 +320,7 @@ def build(out_dir: Path = EXAMPLES_DIR) -> list[Path]:
             for ex in examples():
                 ui_graph = page.evaluate(BUILD_JS, [ex.api, ex.columns, ex.note, ex.name])
                 ui_graph.setdefault("extra", {})["tokensmith"] = {"example": ex.name}
+                add_model_sources(ui_graph)
                 path = out_dir / f"{ex.name}.json"
                 path.write_text(json.dumps(ui_graph, indent=1) + "\n")
                 thumb = out_dir / f"{ex.name}.jpg"

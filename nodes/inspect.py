@@ -12,7 +12,7 @@ from ..tokensmith.embedding import Embedding
 from ..tokensmith.hashing import file_hashes
 from ..tokensmith.report import encoder_stats, inspect_report
 from .files import source_of
-from .types import CATEGORY
+from .types import ADV, CATEGORY
 from .types import Embedding as EmbeddingSocket
 
 _FAMILY_NAMES = {"sd1": "SD1.5", "sd2": "SD2", "sdxl": "SDXL", "sdxl_g": "SDXL (G only)", "t5": "T5"}
@@ -187,7 +187,7 @@ class InspectEmbedding(io.ComfyNode):
                 io.Clip.Input("clip", optional=True,
                               tooltip="The CLIP you plan to use it with: adds vocabulary norms, nearest tokens "
                                       "and a verdict."),
-                io.Int.Input("top_k", default=5, min=0, max=50, optional=True,
+                io.Int.Input("top_k", **ADV, default=5, min=0, max=50, optional=True,
                              tooltip="Nearest vocabulary tokens shown per vector (needs a CLIP; 0 = none)."),
             ],
             outputs=[

@@ -10,7 +10,7 @@ from ..tokensmith.embedding import Embedding
 from ..tokensmith.errors import FamilyMismatchError, TokenSmithError
 from ..tokensmith.expression import evaluate
 from .files import describe, read_named_embedding
-from .types import CATEGORY
+from .types import ADV, CATEGORY
 from .types import Embedding as EmbeddingSocket
 
 OPERATIONS = ["weighted sum", "mean", "concat", "slerp", "scale", "match norm", "crop/pad", "roll",
@@ -87,20 +87,20 @@ class MergeEmbeddings(io.ComfyNode):
                 io.Float.Input("weight_a", default=1.0, min=-10.0, max=10.0, step=0.01, optional=True,
                                tooltip="weighted sum: weight of a."),
                 io.Float.Input("weight_b", default=1.0, min=-10.0, max=10.0, step=0.01, optional=True),
-                io.Float.Input("weight_c", default=1.0, min=-10.0, max=10.0, step=0.01, optional=True),
-                io.Float.Input("weight_d", default=1.0, min=-10.0, max=10.0, step=0.01, optional=True),
+                io.Float.Input("weight_c", **ADV, default=1.0, min=-10.0, max=10.0, step=0.01, optional=True),
+                io.Float.Input("weight_d", **ADV, default=1.0, min=-10.0, max=10.0, step=0.01, optional=True),
                 io.Float.Input("t", default=0.5, min=-1.0, max=2.0, step=0.01, optional=True,
                                tooltip="slerp: 0 gives a, 1 gives b."),
                 io.Float.Input("factor", default=1.0, min=-10.0, max=10.0, step=0.01, optional=True,
                                tooltip="scale and per-encoder scale: multiply the vectors by this."),
-                io.Combo.Input("encoder", options=["clip_l", "clip_g", "clip_h"], default="clip_g", optional=True,
+                io.Combo.Input("encoder", **ADV, options=["clip_l", "clip_g", "clip_h"], default="clip_g", optional=True,
                                tooltip="per-encoder scale: the side to scale (SDXL: clip_l or clip_g)."),
-                io.Float.Input("norm", default=0.0, min=0.0, max=100.0, step=0.01, optional=True,
+                io.Float.Input("norm", **ADV, default=0.0, min=0.0, max=100.0, step=0.01, optional=True,
                                tooltip="match norm: the L2 norm every vector gets; 0 = the connected CLIP's "
                                        "vocabulary median per encoder."),
-                io.Int.Input("n", default=1, min=1, max=75, optional=True,
+                io.Int.Input("n", **ADV, default=1, min=1, max=75, optional=True,
                              tooltip="crop/pad: keep the first N vectors or add zero vectors up to N."),
-                io.Int.Input("shift", default=1, min=-75, max=75, optional=True,
+                io.Int.Input("shift", **ADV, default=1, min=-75, max=75, optional=True,
                              tooltip="roll: +1 moves vector i to i+1 (the last wraps to the front)."),
                 io.String.Input("expression", default="", multiline=True, optional=True,
                                 tooltip="e.g. a*0.5 + b*0.5, 'red hair'/2 + a, EasyNegative:2, ('cat'+'dog') =/2"),

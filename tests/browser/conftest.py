@@ -2,7 +2,7 @@
 
 Skips (with the reason) when /usr/bin/chromium or the playwright package is missing: install them
 with `bash scripts/install_browser.sh` (root) and `pip install -r requirements-test.txt`.
-Screenshots go to test-artifacts/browser/.
+Screenshots go to test-artifacts/browser/ ($TOKENSMITH_ARTIFACTS/browser/ when set).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import pytest
 from devkit.comfy_host import REPO_ROOT
 from devkit.workflows import CHROMIUM, DEMO_FOLDER, NEGATIVE_FOLDER, RECORD_EVENTS, skip_first_visit
 
-ARTIFACTS = REPO_ROOT / "test-artifacts" / "browser"
+# the host matrix gives each host a folder of its own (scripts/test_hosts.py)
+ARTIFACTS = Path(os.environ.get("TOKENSMITH_ARTIFACTS") or REPO_ROOT / "test-artifacts") / "browser"
 
 
 def _missing() -> str | None:

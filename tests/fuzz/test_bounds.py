@@ -1,5 +1,6 @@
 """Hand-made hostile files at the size limits: each is refused with a TokenSmithError, in bounded
-memory (peak resident growth for the one read, measured through /proc/self/clear_refs) and time.
+memory (peak resident growth for the one read, measured through /proc/self/clear_refs). No test here
+bounds a duration: read times are figures for bench/.
 
 The cases for bugs this suite once found in tokensmith/formats (zip and PNG bombs, header size, NUL
 paths) stay here as regression tests.
@@ -11,7 +12,6 @@ import base64
 import io
 import json
 import struct
-import time
 import zipfile
 import zlib
 
@@ -23,6 +23,7 @@ from PIL import Image
 from devkit import fuzzing
 from devkit.fuzzing import MEMORY_BOUND_MB, PeakMeter, build_zip, legacy_stream, zip_entries, zlib_bomb
 from tests.core import golden
+from tests.needs import missing
 from tokensmith.errors import EmbeddingFileError, TokenSmithError
 from tokensmith.formats import limits, read_embedding, read_header
 from tokensmith.names import safe_join
@@ -32,23 +33,20 @@ from tokensmith.names import safe_join
 def meter():
     m = PeakMeter()
     if not m.per_case:
-        pytest.skip("this kernel does not let a process reset its peak memory (/proc/self/clear_refs)")
+        missing("this kernel does not let a process reset its peak memory (/proc/self/clear_refs)")
     return m
 
 
-def refused_within_bounds(meter, path, *, seconds: float = 10.0, reader=read_embedding,
-                          match: str | None = None) -> tuple[float, float]:
-    """Read ``path``; it must be refused (with ``match`` in the message), within MEMORY_BOUND_MB and
-    ``seconds``. Returns (MB, s)."""
+def refused_within_bounds(meter, path, *, reader=read_embedding, match: str | None = None) -> float:
+    """Read ``path``; it must be refused (with ``match`` in the message) within MEMORY_BOUND_MB of peak
+    resident growth. Returns the MB. (No wall-clock bound: a duration depends on the machine's load;
+    the read times are figures for bench/, not assertions.)"""
     start = meter.start()
-    t0 = time.perf_counter()
     with pytest.raises(TokenSmithError, match=match):
         reader(path)
-    elapsed = time.perf_counter() - t0
     growth = meter.growth(start)
     assert growth < MEMORY_BOUND_MB, f"{path.name}: reading it took {growth:.0f} MB (bound {MEMORY_BOUND_MB} MB)"
-    assert elapsed < seconds, f"{path.name}: reading it took {elapsed:.1f} s"
-    return growth, elapsed
+    return growth
 
 
 # ----------------------------------------------------------------------------- bounds that hold
@@ -73,7 +71,7 @@ def test_image_too_large_to_scan_is_not_decoded(tmp_path, meter):
     raw = fuzzing.build_png([(b"IHDR", ihdr), (b"IDAT", zlib.compress(b"\0" * 100)), (b"IEND", b"")])
     path = tmp_path / "huge.png"
     path.write_bytes(raw)
-    refused_within_bounds(meter, path, seconds=2)
+    refused_within_bounds(meter, path)
 
 
 def test_black_picture_at_the_scan_limit(tmp_path, meter):
@@ -95,20 +93,20 @@ def test_safetensors_claims_are_checked_before_reading(tmp_path, meter):
     }
     for label, header in cases.items():
         path = golden.safetensors_raw(tmp_path / f"{label}.safetensors", header, b"\0" * 64)
-        refused_within_bounds(meter, path, seconds=2)
-        refused_within_bounds(meter, path, seconds=2, reader=read_header)
+        refused_within_bounds(meter, path)
+        refused_within_bounds(meter, path, reader=read_header)
     lie = golden.safetensors_raw(tmp_path / "length_lie.safetensors", {}, header_len=2**63)
-    refused_within_bounds(meter, lie, seconds=2, reader=read_header)
+    refused_within_bounds(meter, lie, reader=read_header)
 
 
 def test_deep_nesting_is_refused(tmp_path, meter):
     deep = b"[" * 200_000 + b"]" * 200_000
     path = tmp_path / "deep.safetensors"
     path.write_bytes(struct.pack("<Q", len(deep) + 2) + b"{" + deep[:-1] + b"}")
-    refused_within_bounds(meter, path, seconds=5)
+    refused_within_bounds(meter, path)
     doc = b'{"a": ' * 100_000 + b"1" + b"}" * 100_000
     png = golden.png_with_chunk(tmp_path / "deep.png", b"tEXt", b"sd-ti-embedding\0" + base64.b64encode(doc))
-    refused_within_bounds(meter, png, seconds=5)
+    refused_within_bounds(meter, png)
 
 
 def test_pickle_size_claims_do_not_allocate(tmp_path, meter):
@@ -116,7 +114,7 @@ def test_pickle_size_claims_do_not_allocate(tmp_path, meter):
     raw = golden.a1111_pt(tmp_path / "l.pt", legacy=True).read_bytes()
     assert raw.count(b"M\x00\x06") >= 1  # BININT2 1536 = 2 x 768, the storage size
     (tmp_path / "legacy_numel.pt").write_bytes(raw.replace(b"M\x00\x06", b"J" + struct.pack("<i", 2**31 - 1), 1))
-    refused_within_bounds(meter, tmp_path / "legacy_numel.pt", seconds=2)
+    refused_within_bounds(meter, tmp_path / "legacy_numel.pt")
     # zip layout: the central directory claims a 4 GiB storage record
     data = bytearray(golden.a1111_pt(tmp_path / "z.pt").read_bytes())
     pos = data.find(b"PK\x01\x02")
@@ -126,13 +124,13 @@ def test_pickle_size_claims_do_not_allocate(tmp_path, meter):
             struct.pack_into("<I", data, pos + 24, 0xFFFFFFF0)
         pos = data.find(b"PK\x01\x02", pos + 4)
     (tmp_path / "zip_size.pt").write_bytes(bytes(data))
-    refused_within_bounds(meter, tmp_path / "zip_size.pt", seconds=2)
+    refused_within_bounds(meter, tmp_path / "zip_size.pt")
     # a tensor whose shape asks far more than its storage holds
     entries = zip_entries(golden.a1111_pt(tmp_path / "s.pt").read_bytes())
     patched = [(n, d.replace(b"K\x02M\x00\x03", b"J" + struct.pack("<i", 2**30) + b"M\x00\x03")
                 if n.endswith("data.pkl") else d) for n, d in entries]
     (tmp_path / "shape_lie.pt").write_bytes(build_zip(patched))
-    refused_within_bounds(meter, tmp_path / "shape_lie.pt", seconds=2)
+    refused_within_bounds(meter, tmp_path / "shape_lie.pt")
 
 
 def test_big_but_legal_json_tensor(tmp_path, meter):
@@ -213,7 +211,7 @@ def test_huge_safetensors_header_stays_in_bounded_memory(tmp_path, meter):
     path = tmp_path / "many.safetensors"
     path.write_bytes(struct.pack("<Q", len(raw)) + raw)
     del raw
-    refused_within_bounds(meter, path, reader=read_header, seconds=60)
+    refused_within_bounds(meter, path, reader=read_header)
 
 
 def test_unrepresentable_paths_get_the_clear_error(tmp_path):
@@ -231,6 +229,8 @@ def test_unrepresentable_paths_get_the_clear_error(tmp_path):
                 continue
             except Exception as exc:  # collected: the test fails on the list below
                 escaped.append(f"{label}({bad!r}): {type(exc).__name__}: {exc}")
+            else:
+                escaped.append(f"{label}({bad!r}): no error at all")
     assert not escaped, escaped
 
 

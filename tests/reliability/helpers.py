@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from devkit import comfy_host
 from devkit.dataset import write_dataset
 from devkit.make_checkpoint import CHECKPOINT_NAME
 from devkit.server import ComfyServer
@@ -184,9 +185,5 @@ def pack_tracebacks(log: str) -> list[str]:
     e.g. from its database pool)."""
     blocks = log.split("Traceback (most recent call last):")[1:]
 
-    def ours(block: str) -> bool:
-        # judge by the frames' file paths only: tqdm's "TokenSmith:" bar can land inside a logged block
-        frames = [line for line in block.split("\n\n")[0].splitlines() if line.lstrip().startswith('File "')]
-        return any("TokenSmith" in f or "tokensmith" in f or "comfy_adapter" in f or "trainer.py" in f for f in frames)
-
-    return [b[:2000] for b in blocks if ours(b)]
+    # judged by the frames' resolved file paths only (tqdm's "TokenSmith:" bar can land inside a block)
+    return [b[:2000] for b in blocks if comfy_host.frames_in_pack(b.split("\n\n")[0])]
