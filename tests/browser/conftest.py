@@ -1,7 +1,8 @@
 """The real ComfyUI server with the pack, driven by Debian's headless Chromium through Playwright.
 
-Skips (with the reason) when /usr/bin/chromium or the playwright package is missing: install them
-with `bash scripts/install_browser.sh` (root) and `pip install -r requirements-test.txt`.
+Skips (with the reason) when /usr/bin/chromium or the playwright package is missing, and fails
+instead under CI=true (tests/needs.py): install them with `bash scripts/install_browser.sh` (root) and
+`pip install -r requirements-test.txt`.
 Screenshots go to test-artifacts/browser/ ($TOKENSMITH_ARTIFACTS/browser/ when set).
 """
 
@@ -16,6 +17,7 @@ import pytest
 
 from devkit.comfy_host import REPO_ROOT
 from devkit.workflows import CHROMIUM, DEMO_FOLDER, NEGATIVE_FOLDER, RECORD_EVENTS, skip_first_visit
+from tests.needs import in_ci, missing
 
 # the host matrix gives each host a folder of its own (scripts/test_hosts.py)
 ARTIFACTS = Path(os.environ.get("TOKENSMITH_ARTIFACTS") or REPO_ROOT / "test-artifacts") / "browser"
@@ -34,8 +36,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tests/browser" in str(item.fspath).replace(os.sep, "/"):
             item.add_marker(pytest.mark.browser)
-            if reason:
+            if reason and not in_ci():
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _browser_present():
+    """Under CI=true a missing browser fails each browser test (outside CI they are skipped above)."""
+    reason = _missing()
+    if reason:
+        missing(reason)
 
 
 def write_old_pt(path: Path) -> Path:

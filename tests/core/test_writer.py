@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import struct
+import subprocess
 
 import pytest
 import torch
 
 from tests.core import golden
+from tests.needs import missing
 from tokensmith import __version__
 from tokensmith.convert import to_sd1, to_sdxl
 from tokensmith.embedding import Embedding
@@ -116,17 +119,44 @@ def test_failure_while_writing_removes_temp(tmp_path, monkeypatch):
     assert _leftovers(tmp_path) == []
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores folder permissions")
+@contextlib.contextmanager
+def read_only(folder):
+    """``folder`` unwritable for this process, as any user: its permissions for a normal user; root
+    ignores those, so for root a read-only bind mount of the folder onto itself (the kernel then
+    refuses every write in it with EROFS, root's included)."""
+    folder = str(folder)
+    if os.geteuid() != 0:
+        os.chmod(folder, 0o500)
+        try:
+            yield "permissions"
+        finally:
+            os.chmod(folder, 0o700)
+        return
+    bound = subprocess.run(["mount", "--bind", folder, folder], capture_output=True, text=True)
+    if bound.returncode != 0:
+        missing(f"root cannot bind-mount here ({bound.stderr.strip() or bound.returncode})")
+    try:
+        ro = subprocess.run(["mount", "-o", "remount,bind,ro", folder], capture_output=True, text=True)
+        assert ro.returncode == 0, ro.stderr
+        yield "read-only bind mount"
+    finally:
+        subprocess.run(["umount", folder], check=True)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions and mounts")
 def test_read_only_folder(tmp_path):
     path = save_embedding(sd1(seed=1), tmp_path, "ro")
     before = path.read_bytes()
-    os.chmod(tmp_path, 0o500)
-    try:
+    with read_only(tmp_path) as how:
         with pytest.raises(EmbeddingFileError, match="cannot write"):
             save_embedding(sd1(seed=2), tmp_path, "ro", overwrite=True)
-    finally:
-        os.chmod(tmp_path, 0o700)
+        with pytest.raises(EmbeddingFileError, match="cannot write"):
+            save_embedding(sd1(seed=2), tmp_path, "ro-new")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["ro.safetensors"], how
     assert path.read_bytes() == before
+    # control: the same folder, writable again, takes the save (the refusal above was the folder's)
+    save_embedding(sd1(seed=2), tmp_path, "ro", overwrite=True)
+    assert path.read_bytes() != before
 
 
 def test_nan_and_inf_are_refused(tmp_path):

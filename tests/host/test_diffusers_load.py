@@ -9,8 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-diffusers = pytest.importorskip("diffusers")
-transformers = pytest.importorskip("transformers")
+from tests.needs import importorfail
+
+diffusers = importorfail("diffusers")
+transformers = importorfail("transformers")
 
 
 def text_encoder(width: int, seed: int, spare_rows: int = 0):
