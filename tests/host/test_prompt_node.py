@@ -4,7 +4,6 @@ ComfyUI's parser misreads into one it resolves, and leave well-formed prompts al
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 import torch
@@ -131,9 +130,12 @@ def test_fingerprint_follows_the_referenced_files(files, prompt_mod, node_classe
     assert cls.fingerprint_inputs(text=text, convert_keywords=False) == before
     assert cls.fingerprint_inputs(convert_keywords=False) != linked_before
 
-    # the referenced file is retrained (same name, same size, new contents and mtime)
-    time.sleep(0.01)
-    _write(os.path.dirname(files[NAME]), f"{NAME}.safetensors", {"emb_params": torch.ones(2, 768)})
+    # the referenced file is retrained (same name, same size, new contents and mtime); the new mtime is
+    # set, not waited for (a coarse file-system clock could give the rewrite the old one)
+    old_mtime_ns = os.stat(files[NAME]).st_mtime_ns
+    path = _write(os.path.dirname(files[NAME]), f"{NAME}.safetensors", {"emb_params": torch.ones(2, 768)})
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, old_mtime_ns + 1_000_000_000))
     after = cls.fingerprint_inputs(text=text, convert_keywords=False)
     assert after != before
 
