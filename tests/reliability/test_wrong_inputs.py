@@ -1,20 +1,16 @@
 """Wrong inputs get a clear TokenSmithError that says what to do, before any expensive work: no VAE,
-text encoder or diffusion model forward runs (counted with torch forward hooks) and the error comes
-at once.
+text encoder or diffusion model forward runs (counted with torch forward hooks: a count, not a
+duration).
 
 In-process, on the tiny real models of each family, through the nodes as ComfyUI calls them.
 """
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
 from tests.reliability.helpers import run_node, train_inputs
-
-FAST_S = 5.0  # generous on a loaded machine; the model-run count is the strict part
 
 
 def images(count=2, size=64, seed=0):
@@ -25,14 +21,12 @@ def expect_clear_error(pack, model_runs, models, call, *hints):
     """``call()`` raises a TokenSmithError (the pack's own class) naming one of ``hints``, before any model runs."""
     errors = pack("tokensmith.errors")
     runs = model_runs(*models)
-    t0 = time.perf_counter()
     with pytest.raises(errors.TokenSmithError) as info:
         call()
-    elapsed = time.perf_counter() - t0
     message = str(info.value)
     assert any(h.lower() in message.lower() for h in hints), f"no hint {hints} in: {message}"
+    # "before any work" is a count, not a duration: no VAE, diffusion model or text encoder forward ran
     assert runs.total == 0, f"models ran before the error: {runs.counts} ({message})"
-    assert elapsed < FAST_S, f"the error took {elapsed:.1f}s"
     return info.value
 
 
