@@ -187,6 +187,7 @@ export function addStyles() {
 .tokensmith-live .ts-event { white-space:nowrap; overflow:hidden; text-overflow:ellipsis; }
 .tokensmith-live .ts-event.rollback, .tokensmith-live .ts-event.failed { color:#ef5350; }
 .tokensmith-live .ts-event.early_stop, .tokensmith-live .ts-event.cancelled { color:#ffb74d; }
+.tokensmith-live .ts-event.warning { color:#ffb74d; white-space:normal; }
 .tokensmith-live .ts-event.saved, .tokensmith-live .ts-event.finished, .tokensmith-live .ts-event.snapshot { color:#81c784; }
 .tokensmith-text { width:100%; height:100%; box-sizing:border-box; resize:none; font: 11px/1.35 ui-monospace, monospace;
   background: var(--comfy-input-bg, #222); color: var(--input-text, #ddd); border:none; border-radius:4px; padding:4px; }

@@ -119,6 +119,8 @@ function eventText(ev, state) {
       return `step ${ev.step}: saved snapshot ${ev.name ?? ""}`;
     case "saved":
       return `saved ${ev.name ?? ""}` + (ev.best_step != null ? ` (vectors of step ${ev.best_step})` : "");
+    case "warning":
+      return `warning: ${ev.text ?? ""}`;
     case "resumed":
       return `resumed at step ${ev.step}` + (ev.optimizer_state === false ? " (no optimizer state)" : "");
     case "cancelled":
@@ -284,8 +286,11 @@ class LiveView {
       this.img.style.display = "none";
     }
     const events = state ? state.events.filter((e) => e.kind !== "finished" || !state.events.some((o) => o.kind === "saved")) : [];
+    // warnings (e.g. captions the template does not use) stay in view; of the rest, the newest
+    const warnings = events.filter((e) => e.kind === "warning");
+    const others = events.filter((e) => e.kind !== "warning");
     this.eventsBox.replaceChildren(
-      ...events.slice(-4).map((ev) => {
+      ...[...warnings, ...others.slice(-Math.max(1, 4 - warnings.length))].map((ev) => {
         const text = eventText(ev, state);
         return el("div", { className: `ts-event ${ev.kind}`, title: text }, text);
       }),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import torch
@@ -9,11 +10,13 @@ from comfy_api.latest import io, ui
 
 from .. import server_routes
 from ..tokensmith.history import TrainingHistory, draw_history
+from ..tokensmith.templates import ignored_captions_warning, split_captions, template_lines
 from ..tokensmith.train_config import TrainConfig
 from ..trainer import Trainer
 from .types import ADV, CATEGORY, Embedding, LossHistory
 
 _DEFAULTS = TrainConfig()
+log = logging.getLogger("tokensmith")
 
 
 def _console_bar(total: int, initial: int):
@@ -210,6 +213,12 @@ class TrainEmbedding(io.ComfyNode):
                           resume_from=advanced.get("resume_from", "") or "", overwrite=overwrite,
                           on_progress=on_progress)
         server_routes.start_run(run_id, node_id, steps, config.name)
+        # the trainer has checked the template and the captions: say so when the captions go unused
+        warnings = [w for w in [ignored_captions_warning(template_lines(config.template, config.custom_template),
+                                                         split_captions(captions, count))] if w]
+        for text in warnings:
+            log.warning("TokenSmith %s: %s", config.name, text)
+            server_routes.publish(run_id, {"step": 0, "event": {"kind": "warning", "step": 0, "text": text}})
         outcome = "failed"
         try:
             result = trainer.run()
@@ -222,8 +231,10 @@ class TrainEmbedding(io.ComfyNode):
                 console.close()
             server_routes.finish_run(run_id, outcome)
         previews = torch.cat(result.previews) if result.previews else torch.zeros(1, 64, 64, 3)
-        ui_out = ui.PreviewImage(previews, cls=cls) if result.previews else None
-        return io.NodeOutput(result.embedding, f"embedding:{config.name}", result.history, previews, ui=ui_out)
+        ui_out = ui.PreviewImage(previews, cls=cls).as_dict() if result.previews else {}
+        if warnings:
+            ui_out["text"] = warnings
+        return io.NodeOutput(result.embedding, f"embedding:{config.name}", result.history, previews, ui=ui_out or None)
 
 
 class LossGraph(io.ComfyNode):

@@ -2,7 +2,9 @@
 
 `[name]` marks where the trainable vectors go; `[filewords]` is replaced by the image's caption.
 Preset lists are short descriptions in the spirit of the textual-inversion paper's object and
-style prompts (written for TokenSmith).
+style prompts (written for TokenSmith). The object and style presets end in `, [filewords]` (as
+A1111's subject_filewords / style_filewords do): with a caption a prompt reads "a photo of
+[name], CAPTION", and without one `render` drops the empty part, so the prompt is the bare line.
 """
 
 from __future__ import annotations
@@ -42,7 +44,16 @@ STYLE_TEMPLATES = [
 # For negative embeddings the concept is the whole picture: the caption, if any, plus the vectors.
 NEGATIVE_TEMPLATES = ["[name]", "[filewords], [name]"]
 
-PRESETS = {"object": OBJECT_TEMPLATES, "style": STYLE_TEMPLATES, "negative": NEGATIVE_TEMPLATES}
+FILEWORDS = "[filewords]"
+
+
+def with_filewords(lines: list[str]) -> list[str]:
+    """Template lines with the caption after them ("a photo of [name]" -> "a photo of [name], [filewords]")."""
+    return [line if FILEWORDS in line else f"{line}, {FILEWORDS}" for line in lines]
+
+
+PRESETS = {"object": with_filewords(OBJECT_TEMPLATES), "style": with_filewords(STYLE_TEMPLATES),
+           "negative": NEGATIVE_TEMPLATES}
 MAX_TEMPLATE_LINES = 1000
 MAX_LINE_LENGTH = 2000
 
@@ -99,3 +110,13 @@ def render(template: str, caption: str) -> str:
     # tidy what an empty caption leaves behind (", ," or a leading comma)
     parts = [p.strip() for p in text.split(",")]
     return ", ".join(p for p in parts if p)
+
+
+def ignored_captions_warning(lines: list[str], captions: list[str]) -> str:
+    """What to tell the user when captions are given but no template line has [filewords] ('' otherwise)."""
+    given = sum(1 for c in captions if c.strip())
+    if not given or any(FILEWORDS in line for line in lines):
+        return ""
+    what = "caption is" if given == 1 else f"{given} captions are"
+    return (f"the template has no [filewords], so the {what} not used in training: add [filewords] to the "
+            "template lines (e.g. 'a photo of [name], [filewords]'), or choose the object or style preset")
