@@ -24,10 +24,20 @@ from .comfy_host import REPO_ROOT, host_path
 PACK_DIR_NAME = "TokenSmith"
 
 
+PORT_ATTEMPTS = 5  # a port taken between free_port() and the server's bind: start again on a new one
+
+
 def free_port() -> int:
+    """A loopback port that is free now. Another process can take it before the server binds it, so
+    ComfyServer.start does not trust it: it checks that the server answering is its own (its argv) and,
+    when its own bind failed, starts again on another port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class PortTaken(RuntimeError):
+    """The server could not bind its port: another process has it."""
 
 
 def prepare_base(base: Path) -> Path:
@@ -46,14 +56,35 @@ class ComfyServer:
 
     def __init__(self, base: Path, port: int | None = None, log_path: Path | None = None, extra_args=()):
         self.base = prepare_base(base)
+        self.fixed_port = port is not None  # a port the caller chose is never swapped for another
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_path) if log_path else self.base / "server.log"
         self.extra_args = list(extra_args)
         self.proc: subprocess.Popen | None = None
         self.client_id = uuid.uuid4().hex
 
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def start(self, timeout: float = 120.0) -> ComfyServer:
+        """Start the server and wait until it answers; a port taken by another process before the bind
+        (free_port's race) means a new port and a new start, up to PORT_ATTEMPTS times."""
+        for attempt in range(1 if self.fixed_port else PORT_ATTEMPTS):
+            if attempt:
+                self.port = free_port()
+            try:
+                return self._start_once(timeout)
+            except PortTaken as exc:
+                if self.fixed_port or attempt == PORT_ATTEMPTS - 1:
+                    raise RuntimeError(f"{exc}; log:\n{self.log_tail()}") from None
+        raise AssertionError("unreachable")
+
+    def _is_ours(self, stats) -> bool:
+        argv = (stats or {}).get("system", {}).get("argv") or []
+        return str(self.base) in argv and str(self.port) in argv
+
+    def _start_once(self, timeout: float) -> ComfyServer:
         host = host_path()
         cmd = [
             sys.executable, str(host / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
@@ -61,18 +92,28 @@ class ComfyServer:
             *self.extra_args,
         ]
         self._log = open(self.log_path, "ab")
+        log_start = self._log.tell()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(cmd, cwd=str(host), stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self._log.close()
+                with open(self.log_path, "rb") as fh:
+                    fh.seek(log_start)
+                    said = fh.read().decode(errors="replace").lower()
+                if "address already in use" in said or "errno 98" in said:
+                    raise PortTaken(f"port {self.port} was taken before ComfyUI could bind it")
                 raise RuntimeError(f"ComfyUI exited with {self.proc.returncode}; log:\n{self.log_tail()}")
             try:
-                self.get("/system_stats", timeout=2)
-                return self
-            except (urllib.error.URLError, ConnectionError, OSError):
+                stats = self.get("/system_stats", timeout=2)
+            except (urllib.error.URLError, ConnectionError, OSError, ValueError):
                 time.sleep(0.3)
+                continue
+            if self._is_ours(stats):
+                return self
+            time.sleep(0.3)  # another server holds the port: ours cannot bind it and exits (seen above)
         self.stop()
         raise RuntimeError(f"ComfyUI did not answer within {timeout:.0f}s; log:\n{self.log_tail()}")
 

@@ -106,3 +106,35 @@ def test_rarely_used_inputs_are_advanced_where_the_host_knows_the_flag(server):
         ours = [(k, n) for k, node in info.items() if k.startswith("TokenSmith")
                 for n, opts in _input_options(node).items() if "advanced" in opts]
         assert not ours, f"this host does not know 'advanced', yet these inputs carry it: {ours}"
+
+
+def test_a_port_taken_before_the_bind_means_a_new_start(tmp_path, monkeypatch):
+    """free_port's race: another process takes the port between the pick and ComfyUI's bind. The start
+    notices (ComfyUI exits with 'address already in use'), picks another port and starts again, and it
+    only counts as started when the server answering is its own (its argv names this base folder)."""
+    import socket
+
+    from devkit import server as server_mod
+
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    taken = holder.getsockname()[1]
+    picks = []
+    real_free_port = server_mod.free_port
+
+    def racing_free_port():
+        picks.append(taken if not picks else real_free_port())
+        return picks[-1]
+
+    monkeypatch.setattr(server_mod, "free_port", racing_free_port)
+    srv = server_mod.ComfyServer(tmp_path / "race_base")
+    try:
+        srv.start()
+        assert picks[0] == taken and len(picks) == 2, picks
+        assert srv.port == picks[1] != taken
+        assert str(srv.base) in srv.get("/system_stats")["system"]["argv"]
+        assert "address already in use" in srv.log_tail(200000).lower()
+    finally:
+        srv.stop()
+        holder.close()
