@@ -9,7 +9,8 @@ What it provides:
 - token_table, text_to_vectors: the vocabulary's input vectors (init text, nearest tokens, merges);
 - PromptRows: template prompts tokenized by ComfyUI's own tokenizer, with slots for the vectors;
 - trainable_graph: the context in which gradients can reach the vectors through the frozen,
-  shared model (alias weights instead of inference tensors; out-of-place CLIP layers), undone after;
+  shared model (alias weights instead of inference tensors; out-of-place CLIP layers; the training
+  attention, per call), undone after;
 - encode_rows / denoise: the text encoder and the diffusion model's x0 prediction;
 - embedding folders and the host version.
 """
@@ -24,7 +25,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import comfy.clip_model
@@ -95,6 +97,9 @@ def check_host() -> list[str]:
     need(comfy.ldm.modules.diffusionmodules.openaimodel, "ResBlock",
          "comfy.ldm.modules.diffusionmodules.openaimodel.ResBlock")
     need(comfy.ldm.modules.attention, "BasicTransformerBlock", "comfy.ldm.modules.attention.BasicTransformerBlock")
+    need(comfy.ldm.modules.attention, "attention_pytorch", "comfy.ldm.modules.attention.attention_pytorch")
+    if not _code_mentions(getattr(comfy.ldm.modules.attention, "wrap_attn", None), "optimized_attention_override"):
+        missing.append("comfy.ldm.modules.attention.wrap_attn honouring transformer_options['optimized_attention_override']")
     tok = getattr(comfy.sd1_clip, "SDTokenizer", None)
     if tok is not None:
         for attr in ("tokenize_with_weights", "_try_get_embedding"):
@@ -105,6 +110,18 @@ def check_host() -> list[str]:
         if params[:4] != ["self", "x", "mask", "optimized_attention"]:
             missing.append(f"comfy.clip_model.CLIPLayer.forward(x, mask, optimized_attention) (has {params})")
     return missing
+
+
+def _code_mentions(fn, name: str) -> bool:
+    # whether a function's code (nested functions included) uses this string or name
+    code = getattr(fn, "__code__", None)
+    stack = [code] if code is not None else []
+    while stack:
+        c = stack.pop()
+        if name in c.co_consts or name in c.co_names:
+            return True
+        stack.extend(k for k in c.co_consts if isinstance(k, type(c)))
+    return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,9 +423,57 @@ def encode_batch(clip, token_sets: list[dict]) -> tuple[torch.Tensor, torch.Tens
 # Gradients through the frozen, shared model
 
 
-def _out_of_place_clip_layer(layer):
+# Devices where PyTorch's scaled_dot_product_attention is the fastest correct attention for a
+# training step. ComfyUI's default on a CPU (also on Apple MPS and older AMD cards) is sub-quadratic
+# attention, made for sampling in little memory; a training step through it is slower and autograd
+# keeps every chunk's intermediates (figures in docs/performance.md). Other devices (MPS...) keep
+# ComfyUI's configured function: unmeasured there.
+_SDPA_DEVICES = ("cpu", "cuda", "xpu")
+
+
+def training_attention(device) -> Callable | None:
+    """The attention function training uses on this device: ComfyUI's own attention_pytorch (torch's
+    SDPA), or None where ComfyUI's configured function is kept. Sampling is never affected."""
+    if torch.device(device).type not in _SDPA_DEVICES:
+        return None
+    return getattr(comfy.ldm.modules.attention, "attention_pytorch", None)
+
+
+def _training_attention_override(func, *args, **kwargs):
+    # ComfyUI's wrap_attn calls override(configured_function, q, k, v, heads, **kwargs); kwargs hold
+    # mask, attn_precision, skip_reshape, transformer_options and the marker that keeps the wrapper
+    # from calling the override again (v0.33.0 also unpacks its tensor containers first).
+    fast = training_attention(args[0].device)
+    return (fast or func)(*args, **kwargs)
+
+
+def _training_call(owner: int) -> bool:
+    # a forward of the training block: its own thread, outside inference mode (ComfyUI samples under
+    # inference mode, so a sampler run with the same modules keeps the user's attention)
+    return threading.get_ident() == owner and not torch.is_inference_mode_enabled()
+
+
+def _attention_hook(owner: int):
+    """A forward pre-hook for a diffusion model: training calls get transformer_options (a copy) with
+    the training attention as ComfyUI's optimized_attention_override, unless one is set already."""
+    def hook(module, args, kwargs):
+        if not _training_call(owner) or len(args) > 5:  # transformer_options given by position
+            return None
+        options = dict(kwargs.get("transformer_options") or {})
+        if "optimized_attention_override" in options:
+            return None  # one set on this model (an attention patch node) wins
+        options["optimized_attention_override"] = _training_attention_override
+        return args, {**kwargs, "transformer_options": options}
+
+    return hook
+
+
+def _out_of_place_clip_layer(layer, owner: int):
     # ComfyUI's CLIPLayer adds residuals in place, which autograd cannot differentiate through.
+    # CLIP's attention takes no transformer_options: the training attention is passed here instead.
     def forward(x, mask=None, optimized_attention=None):
+        if _training_call(owner):
+            optimized_attention = training_attention(x.device) or optimized_attention
         x = x + layer.self_attn(layer.layer_norm1(x), mask, optimized_attention)
         return x + layer.mlp(layer.layer_norm2(x))
 
@@ -427,13 +492,20 @@ def trainable_graph(*modules: torch.nn.Module) -> Iterator[None]:
     ComfyUI runs nodes under inference mode and makes its weights there; autograd refuses to save
     such tensors. Inside this block (which leaves inference mode) every parameter and buffer is
     swapped for an alias of the same storage with requires_grad=False, and CLIP layers use an
-    out-of-place forward. Everything is put back on exit; the weights' values are never written.
+    out-of-place forward. Training calls of the text encoders and diffusion models (this thread,
+    outside inference mode) use training_attention() instead of ComfyUI's configured attention: per
+    call, through ComfyUI's optimized_attention_override, never by changing the host's setting.
+    Everything is put back on exit; the weights' values are never written.
     """
     swapped: list[tuple[dict, str, object]] = []
     patched_layers = []
+    hooks = []
+    owner = threading.get_ident()
     with torch.inference_mode(False):
         try:
             for root in modules:
+                if isinstance(root, comfy.model_base.BaseModel):
+                    hooks.append(root.diffusion_model.register_forward_pre_hook(_attention_hook(owner), with_kwargs=True))
                 for module in root.modules():
                     for store in (module._parameters, module._buffers):
                         for name, t in list(store.items()):
@@ -443,10 +515,12 @@ def trainable_graph(*modules: torch.nn.Module) -> Iterator[None]:
                             alias = _alias(t) if t.is_inference() else t.detach()
                             store[name] = torch.nn.Parameter(alias, requires_grad=False) if store is module._parameters else alias
                     if isinstance(module, comfy.clip_model.CLIPLayer) and "forward" not in module.__dict__:
-                        module.forward = _out_of_place_clip_layer(module)
+                        module.forward = _out_of_place_clip_layer(module, owner)
                         patched_layers.append(module)
             yield
         finally:
+            for hook in hooks:
+                hook.remove()
             for store, name, original in reversed(swapped):
                 store[name] = original
             for layer in patched_layers:
