@@ -11,7 +11,8 @@ What it provides:
 - trainable_graph: the context in which gradients can reach the vectors through the frozen,
   shared model (alias weights instead of inference tensors; out-of-place CLIP layers; the training
   attention, per call), undone after;
-- encode_rows / denoise: the text encoder and the diffusion model's x0 prediction;
+- encode_tokens / encode_batch / denoise: the text encoder and the diffusion model's x0 prediction;
+- encode_distribution: the VAE's latents (and their spread) for the training pictures;
 - embedding folders and the host version.
 """
 
@@ -39,7 +40,7 @@ import comfy.sd1_clip
 import folder_paths
 import torch
 
-from .tokensmith.embedding import ENCODER_WIDTHS, family_of
+from .tokensmith.embedding import family_of
 from .tokensmith.errors import FamilyMismatchError, TrainingError
 
 log = logging.getLogger("tokensmith")
@@ -377,10 +378,10 @@ def encode_tokens(clip, tokens: dict) -> tuple[torch.Tensor, torch.Tensor | None
 def encode_batch(clip, token_sets: list[dict]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Conditioning for several prompts with one pass of each text encoder: (N, tokens, width), pooled (N, width).
 
-    Each prompt alone would cost a full encoder call (a batch of 4 took 1.15-1.30x the floor's step).
-    ComfyUI's encode_token_weights treats extra rows as further 75-token chunks of one prompt, so the
-    prompts' rows are joined, encoded once and split back: every row is encoded on its own, so each
-    prompt's rows are what it gets alone. encode_token_weights keeps only the first row's pooled
+    Each prompt alone would cost a full encoder call (docs/performance.md has the figures). ComfyUI's
+    encode_token_weights treats extra rows as further 75-token chunks of one prompt, so the prompts'
+    rows are joined, encoded once and split back: every row is encoded on its own, so each prompt's
+    rows are what it gets alone. encode_token_weights keeps only the first row's pooled
     output; a forward hook on each encoder keeps every row's, and a prompt's pooled is its first
     row's, as for the prompt alone. Every prompt must have the same number of rows.
     """
@@ -617,10 +618,6 @@ def encode_images(vae, images: torch.Tensor) -> torch.Tensor:
     return vae.encode(images[:, :, :, :3])
 
 
-def decode_latents(model, vae, latents: torch.Tensor) -> torch.Tensor:
-    return vae.decode(model.model.process_latent_out(latents))
-
-
 # ---------------------------------------------------------------------------------------------
 # Sampling previews with the current vectors
 
@@ -696,25 +693,28 @@ def output_folder() -> str:
     return folder_paths.get_output_directory()
 
 
-def widths_match(clip_encoders: list[Encoder]) -> bool:
-    return all(ENCODER_WIDTHS.get(e.key) in (None, e.width) for e in clip_encoders)
+def encode_distribution(vae, images: torch.Tensor, spread: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image latent mean and, with `spread`, standard deviation, from one pass of the VAE encoder.
 
-
-def encode_distribution(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image latent mean and standard deviation (VAE run once), for the latent sampling modes.
-
-    ComfyUI's VAE.encode returns the posterior mode; the spread comes from the KL autoencoder's own
-    encoder + quant_conv. Other VAEs get a zero spread (every mode then uses the mean).
+    ComfyUI's VAE.encode returns the posterior mode; on the way the KL autoencoder's quant_conv gives
+    the moments (mean and log-variance), which a forward hook keeps. Without `spread`, for VAEs
+    without those moments and when ComfyUI fell back to tiled encoding, the spread is zero (every
+    latent sampling mode then uses the mean).
     """
-    mean = encode_images(vae, images)
-    first_stage = getattr(vae, "first_stage_model", None)
-    if not all(hasattr(first_stage, a) for a in ("encoder", "quant_conv")) or getattr(first_stage, "max_batch_size", None):
+    quant_conv = getattr(getattr(vae, "first_stage_model", None), "quant_conv", None)
+    moments: list[torch.Tensor] = []
+    hook = None
+    if spread and isinstance(quant_conv, torch.nn.Module):
+        hook = quant_conv.register_forward_hook(lambda module, args, output: moments.append(output.detach()))
+    try:
+        mean = encode_images(vae, images)
+    finally:
+        if hook is not None:
+            hook.remove()
+    try:
+        logvar = torch.cat(moments).float().chunk(2, dim=1)[1] if moments else None
+    except RuntimeError:  # tiles of different sizes
+        logvar = None
+    if logvar is None or logvar.shape != mean.shape:
         return mean, torch.zeros_like(mean)
-    with torch.no_grad():
-        pixels = vae.process_input(images[:, :, :, :3].movedim(-1, 1)).to(vae.vae_dtype).to(vae.device)
-        moments = first_stage.quant_conv(first_stage.encoder(pixels)).float()
-        logvar = moments.chunk(2, dim=1)[1].clamp(-30.0, 20.0)
-        std = torch.exp(0.5 * logvar).to(mean.device)
-    if std.shape != mean.shape:
-        return mean, torch.zeros_like(mean)
-    return mean, std
+    return mean, torch.exp(0.5 * logvar.clamp(-30.0, 20.0)).to(mean.device)
