@@ -47,6 +47,7 @@ from .tokensmith.writer import atomic_write_bytes, save_embedding
 STATE_SUBFOLDER = "tokensmith_state"  # resume state lives in ComfyUI's output folder, never next to embeddings
 PROGRESS_EVERY_S = 0.5
 MAX_LEARNING_RATE = 1000.0  # beyond this AdamW's step size overflows float32 within a few steps
+LATENT_SCALE = 8  # pixels per latent along each side (the VAE of every family trained here)
 VALIDATION_BATCHES = 4  # validation runs this many training batches per forward pass (no gradients kept)
 # torch.OutOfMemoryError (any device) is torch 2.5+; older hosts raise the CUDA one
 OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
@@ -96,15 +97,20 @@ class Trainer:
         self.overwrite = overwrite
         self.on_progress = on_progress or (lambda p: None)
         self.given_latents = None
+        self.images = None
         if latents is not None:
             # Precomputed latents (e.g. from VAEEncode) replace the images; the VAE is not needed.
             self.given_latents = self._check_latents(latents)
-            pixels = self.given_latents.shape
-            images = torch.zeros(pixels[0], pixels[2] * 8, pixels[3] * 8, 3)
+            count, _, h, w = self.given_latents.shape
+            self.pixel_size = (int(h) * LATENT_SCALE, int(w) * LATENT_SCALE)
         elif vae is None:
             raise TrainingError("connect a VAE (it encodes the images once), or give latents instead of images")
-        self.images, self.masks = self._check_images(images, masks)
-        self.captions = split_captions(captions, self.images.shape[0])
+        else:
+            self.images, masks = self._check_images(images, masks)
+            count = self.images.shape[0]
+            self.pixel_size = (int(self.images.shape[1]), int(self.images.shape[2]))
+        self.masks = self._check_masks(masks, count, self.pixel_size)
+        self.captions = split_captions(captions, count)
         self.templates = template_lines(self.cfg.template, self.cfg.custom_template)
         self.schedule = parse_schedule(self.cfg.learning_rate, self.cfg.steps, self.cfg.lr_warmup_steps,
                                        self.cfg.schedule_shape())
@@ -125,6 +131,7 @@ class Trainer:
     # ---------------------------------------------------------------- checks (cheap, before any work)
 
     def _check_images(self, images, masks):
+        """The images, checked and (with crop_to_multiple_of_8) centre-cropped, and the masks cropped alike."""
         if images is None or not torch.is_tensor(images) or images.dim() != 4 or images.shape[0] == 0:
             raise TrainingError("no images: connect an IMAGE batch with at least one picture (e.g. from Load Image or a dataset loader)")
         if images.shape[-1] < 3:
@@ -145,21 +152,27 @@ class Trainer:
             if masks is not None and tuple(masks.shape[-2:]) == tuple(images.shape[1:3]):
                 masks = masks[..., top:top + h, left:left + w]  # the same crop, so masks stay aligned
             images = images[:, top:top + h, left:left + w]
-        if masks is not None:
-            if masks.dim() == 2:
-                masks = masks.unsqueeze(0)
-            if masks.dim() != 3 or masks.shape[-2:] != images.shape[1:3] or masks.shape[0] not in (1, images.shape[0]):
-                raise TrainingError(
-                    f"mask shape {list(masks.shape)} does not fit images {list(images.shape[:3])}: give one mask per "
-                    "image (or one for all) of the same height and width"
-                )
-            if not torch.isfinite(masks).all() or (masks < 0).any():
-                raise TrainingError("masks must be finite and non-negative (they weight the loss per pixel)")
-            if masks.shape[0] == 1:
-                masks = masks.expand(images.shape[0], -1, -1)
-            if (masks.flatten(1).sum(1) == 0).any():
-                raise TrainingError("a mask is all zero: that image would teach nothing; fix or remove it")
         return images, masks
+
+    @staticmethod
+    def _check_masks(masks, count: int, pixel_size: tuple[int, int]):
+        """One mask per picture at the pictures' pixel size (one mask for all is repeated), or None."""
+        if masks is None:
+            return None
+        if masks.dim() == 2:
+            masks = masks.unsqueeze(0)
+        if masks.dim() != 3 or tuple(masks.shape[-2:]) != tuple(pixel_size) or masks.shape[0] not in (1, count):
+            raise TrainingError(
+                f"mask shape {list(masks.shape)} does not fit images {[count, *pixel_size]}: give one mask per "
+                "image (or one for all) of the same height and width"
+            )
+        if not torch.isfinite(masks).all() or (masks < 0).any():
+            raise TrainingError("masks must be finite and non-negative (they weight the loss per pixel)")
+        if masks.shape[0] == 1:
+            masks = masks.expand(count, -1, -1)
+        if (masks.flatten(1).sum(1) == 0).any():
+            raise TrainingError("a mask is all zero: that image would teach nothing; fix or remove it")
+        return masks
 
     def _check_latents(self, latents) -> torch.Tensor:
         samples = latents["samples"] if isinstance(latents, dict) else latents
@@ -194,11 +207,11 @@ class Trainer:
         path = next((p for p in map(adapter.embedding_path, candidates) if p is not None), None)
         if path is None:
             raise TrainingError(f"resume_from: no embedding named {self.resume_from!r} in the embeddings folders")
+        # the only check of the file's shapes: _load_resume copies its vectors as they are
         header = read_header(path)
-        wanted = {e.key for e in self.encoders}
+        wanted = {e.key: (self.cfg.num_vectors, e.width) for e in self.encoders}
         shapes = header.get("encoders", {})
-        counts = {n for n, _ in shapes.values()}
-        if set(shapes) != wanted or counts != {self.cfg.num_vectors}:
+        if {k: tuple(v) for k, v in shapes.items()} != wanted:
             raise FamilyMismatchError(
                 f"resume_from {self.resume_from!r} holds {shapes} (family {header.get('family')}), but this run "
                 f"trains {sorted(wanted)} with num_vectors={self.cfg.num_vectors}: match num_vectors and the model family"
@@ -214,18 +227,21 @@ class Trainer:
     # ---------------------------------------------------------------- data
 
     def _prepare_latents(self) -> None:
-        images = self.images
+        """The run's training data, from the checked inputs (which stay as given: a second run sees the same)."""
+        images, masks, captions = self.images, self.masks, self.captions
         if self.cfg.flip:
-            images = torch.cat([images, images.flip(2)])
-            self.masks = None if self.masks is None else torch.cat([self.masks, self.masks.flip(2)])
-            self.captions = self.captions * 2
+            images = None if images is None else torch.cat([images, images.flip(2)])
+            masks = None if masks is None else torch.cat([masks, masks.flip(2)])
+            captions = captions * 2
+        self.train_captions = captions
         if self.given_latents is not None:
             mean = self.given_latents
             if self.cfg.flip:
                 mean = torch.cat([mean, mean.flip(3)])
             std = torch.zeros_like(mean)
         else:
-            mean, std = adapter.encode_distribution(self.vae, images)
+            mean, std = adapter.encode_distribution(self.vae, images,
+                                                    spread=self.cfg.latent_sampling != "deterministic")
         with torch.inference_mode(False):
             self.latent_mean = mean.clone().float()
             self.latent_std = std.clone().float()
@@ -233,10 +249,9 @@ class Trainer:
                 gen = torch.Generator().manual_seed(_step_seed(self.cfg.seed, 0, 1))
                 self.latent_mean = self.latent_mean + self.latent_std * torch.randn(mean.shape, generator=gen)
             self.latent_masks = None
-            if self.masks is not None:
-                m = self.masks.clone().float().unsqueeze(1)
+            if masks is not None:
+                m = masks.clone().float().unsqueeze(1)
                 self.latent_masks = torch.nn.functional.interpolate(m, size=mean.shape[-2:], mode="area")
-        self.pixel_size = (int(images.shape[1]), int(images.shape[2]))
 
     def _latents(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         x = self.latent_mean[idx]
@@ -246,7 +261,7 @@ class Trainer:
 
     def _prompt(self, image_index: int, rng: random.Random, shaped: bool = True) -> str:
         template = self.templates[rng.randrange(len(self.templates))]
-        caption = self.captions[image_index]
+        caption = self.train_captions[image_index]
         if shaped:
             caption = shape_caption(caption, rng, self.cfg.shuffle_tags, self.cfg.tag_dropout)
         return render(template, caption)
@@ -367,12 +382,7 @@ class Trainer:
         """Continue from an embedding (and its optimizer state when present); returns the step reached."""
         from safetensors import safe_open
 
-        emb = read_embedding(self.resume_path)
-        if set(emb.vectors) != set(params) or emb.num_vectors != self.cfg.num_vectors:
-            raise FamilyMismatchError(
-                f"resume_from {self.resume_from!r} has {emb.shapes()}, but this run trains "
-                f"{ {k: list(v.shape) for k, v in params.items()} }: match num_vectors and the model family"
-            )
+        emb = read_embedding(self.resume_path)  # its shapes were checked in _check_resume
         state_file = state_path(self.resume_name)
         step = int(emb.step or 0)
         with torch.no_grad():
@@ -393,7 +403,7 @@ class Trainer:
         opt_tensors = {k[len("optimizer."):]: v for k, v in tensors.items() if k.startswith("optimizer.")}
         load_optimizer_state(optimizer, opt_tensors, meta["optimizer"])
         guard.lr_factor = float(info.get("lr_factor", 1.0))
-        guard._save()
+        guard.snapshot()
         if stopper is not None and info.get("best_loss") is not None:
             stopper.best_loss = float(info["best_loss"])
             stopper.best_step = info.get("best_step")
@@ -419,12 +429,12 @@ class Trainer:
 
     def _out_of_memory_advice(self) -> str:
         cfg = self.cfg
-        h, w = getattr(self, "pixel_size", (0, 0))
+        h, w = self.pixel_size
         device = getattr(self, "device", None)
         tips = []
         if not cfg.gradient_checkpointing:
-            tips.append("turn on gradient_checkpointing (measured on SDXL at 1024 px: 1.6 instead of 7.1 GiB "
-                        "above the weights)")
+            tips.append("turn on gradient_checkpointing (it keeps a small part of the activations for a "
+                        "slower step)")
         if cfg.batch_size > 1:
             tips.append(f"lower batch_size ({cfg.batch_size}; gradient_accumulation keeps the effective batch)")
         tips.append("train on smaller images")

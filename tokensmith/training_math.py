@@ -165,6 +165,10 @@ class NaNGuard:
     or had NaN themselves), clears the gradients, multiplies :attr:`lr_factor` by ``backoff`` and returns
     ``"rolled_back"``; skip the optimizer step then and scale the scheduled rate by ``lr_factor``.
     After ``max_consecutive`` bad checks in a row it raises :class:`TrainingError`.
+
+    :meth:`snapshot` and :meth:`restore` are that last good state's public handles: a caller that
+    loads vectors and optimizer state from elsewhere (a resume) takes a snapshot of them, so a
+    rollback returns there and not to the state the guard was made with.
     """
 
     OK = "ok"
@@ -189,13 +193,15 @@ class NaNGuard:
         self.rollbacks = 0
         self.overflows = 0
         self.overflows_in_row = 0
-        self._save()
+        self.snapshot()
 
-    def _save(self) -> None:
+    def snapshot(self) -> None:
+        """Keep the current vectors and optimizer state as the last good state."""
         self._vectors = [p.detach().clone() for p in self.params]
         self._opt_state = copy.deepcopy(self.optimizer.state_dict())
 
-    def _restore(self) -> None:
+    def restore(self) -> None:
+        """Put the last good vectors and optimizer state back, gradients cleared."""
         with torch.no_grad():
             for p, saved in zip(self.params, self._vectors, strict=True):
                 p.copy_(saved)
@@ -220,7 +226,7 @@ class NaNGuard:
         if all(finite):
             self.consecutive = 0
             self.overflows_in_row = 0
-            self._save()
+            self.snapshot()
             return self.OK
         loss_and_params_ok = finite[0] and all(finite[1 + len(grads_ok):])
         if loss_scaled and loss_and_params_ok:
@@ -235,7 +241,7 @@ class NaNGuard:
         self.consecutive += 1
         self.rollbacks += 1
         self.lr_factor *= self.backoff
-        self._restore()
+        self.restore()
         if self.consecutive >= self.max_consecutive:
             raise TrainingError(
                 f"training produced NaN or infinite values {self.consecutive} steps in a row (rolled back each "
