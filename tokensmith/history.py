@@ -9,6 +9,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .training_math import smooth
+
+# the smoothed loss line: the weight kept from the past (training_math.smooth; the live chart on the
+# node, js/training_view.js, smooths the same way with its own setting)
+LOSS_SMOOTHING = 0.9
+
 
 @dataclass
 class TrainingHistory:
@@ -40,17 +46,6 @@ class TrainingHistory:
     def from_json(cls, text: str) -> TrainingHistory:
         data = json.loads(text)
         return cls(**{k: data.get(k, []) for k in cls.__dataclass_fields__})
-
-
-def ema(values: list[float], alpha: float = 0.1) -> list[float]:
-    out, acc = [], None
-    for v in values:
-        if not math.isfinite(v):
-            out.append(acc if acc is not None else v)
-            continue
-        acc = v if acc is None else (1 - alpha) * acc + alpha * v
-        out.append(acc)
-    return out
 
 
 _COLOURS = {
@@ -97,7 +92,7 @@ def draw_history(history: TrainingHistory, width: int = 768, height: int = 512) 
         span = hi - lo or 1.0
         x0, y0, x1, y1 = panels[0]
         for name, xs, ys in (("loss", history.steps, history.loss),
-                             ("smoothed", history.steps, ema(history.loss)),
+                             ("smoothed", history.steps, smooth(history.loss, LOSS_SMOOTHING)),
                              ("validation", history.val_steps, history.val_loss)):
             pts = [(x0 + (x1 - x0) * x / x_max, y1 - (y1 - y0) * (y - lo) / span)
                    for x, y in zip(xs, ys, strict=False) if math.isfinite(y)]

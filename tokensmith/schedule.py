@@ -21,7 +21,7 @@ Shapes and their ``spec``:
 for ``step <= warmup_steps`` (so step 1 is never 0). For "cosine" the curve starts after warmup.
 
 Numbers: ``5e-3``, ``0.005``, ``.5``, ``1E-4``; no signs other than ``-1`` as a final step, no
-``nan``/``inf``. The same parser serves gradient-clip schedules (rates are then clip values).
+``nan``/``inf``.
 Limits: 2,000 characters, 100 parts. Bad input raises :class:`ScheduleError` naming the bad part.
 """
 

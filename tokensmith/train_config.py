@@ -9,10 +9,11 @@ from dataclasses import asdict, dataclass
 from .embedding import MAX_VECTORS
 from .errors import TrainingError
 from .names import validate_name
+from .training_math import NormControl
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LATENT_SAMPLING = ("deterministic", "once", "random")
-NORM_MODES = ("none", "clamp", "median")
+NORM_MODES = NormControl.MODES
 CLIP_MODES = ("none", "norm", "value")
 LR_SHAPES = ("auto", "steps", "cosine", "constant")
 
@@ -28,9 +29,7 @@ class TrainConfig:
     tag_dropout: float = 0.0
     steps: int = 500
     # "PEAK -> FLOOR" decays along a half cosine; A1111's "0.005:100, 1e-3:1000, 1e-5" steps as written.
-    # The default starts at A1111's 5e-3 and decays. On the concept task (bench/concept.py, 3 seeds) it
-    # reached 90% of the best loss in 41 steps on average, A1111's constant 5e-3 in 43, and a 1e-2 peak
-    # (the earlier default, ahead only for the first 3 steps) in 53.
+    # The default starts at A1111's 5e-3 and decays (the measurements behind it: docs/performance.md).
     learning_rate: str = "5e-3 -> 5e-4"
     lr_warmup_steps: int = 0
     lr_shape: str = "auto"  # auto (cosine for "A -> B", else as written) / steps / cosine / constant

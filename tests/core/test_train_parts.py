@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from tokensmith.errors import EmbeddingNameError, TrainingError
-from tokensmith.history import TrainingHistory, draw_history, ema
+from tokensmith.history import TrainingHistory, draw_history
 from tokensmith.schedule import parse_schedule
 from tokensmith.templates import render, shape_caption, split_captions, template_lines
 from tokensmith.train_config import TrainConfig
+from tokensmith.training_math import smooth
 
 
 def test_default_config_is_valid_and_its_schedule_parses():
@@ -79,4 +80,4 @@ def test_history_round_trip_and_graph():
     assert image.shape == (300, 400, 3) and image.dtype == np.float32
     assert 0.0 <= image.min() and image.max() <= 1.0
     assert (image < 0.99).any(), "nothing was drawn"
-    assert ema([1.0, float("nan"), 3.0], 0.5) == [1.0, 1.0, 2.0]
+    assert smooth([1.0, float("nan"), 3.0], 0.5) == [1.0, 1.0, 2.0]
