@@ -96,13 +96,13 @@ function fmtTime(s) {
 }
 
 function smooth(values, factor) {
-  // exponential moving average with start-up bias correction (as TensorBoard draws it)
+  // exponential moving average, the loss graph's (tokensmith/training_math.py smooth): the first value
+  // as it is, then factor * previous + (1 - factor) * value; a non-finite value repeats the previous one
   const out = [];
-  let avg = 0, weight = 0;
+  let avg = null;
   for (const v of values) {
-    avg = avg * factor + (1 - factor) * v;
-    weight = weight * factor + (1 - factor);
-    out.push(avg / weight);
+    if (Number.isFinite(v)) avg = avg === null ? v : avg * factor + (1 - factor) * v;
+    out.push(avg === null ? v : avg);
   }
   return out;
 }
