@@ -126,7 +126,8 @@ class LoadEmbedding(io.ComfyNode):
             ),
             inputs=[
                 io.Combo.Input("file", options=listed_files(),
-                               tooltip="A file in the embeddings folders (refresh the page after adding files)."),
+                               tooltip="A file in the embeddings folders. After adding files press R (Refresh Node "
+                                       "Definitions) or reload the page."),
             ],
             outputs=[EmbeddingSocket.Output("embedding")],
         )
@@ -171,7 +172,7 @@ class SaveEmbedding(io.ComfyNode):
             ),
             is_output_node=True,
             inputs=[
-                EmbeddingSocket.Input("embedding"),
+                EmbeddingSocket.Input("embedding", tooltip="What to save: from Train, Load, Merge, Convert or Embedding From Text."),
                 io.String.Input("name", default="my-embedding",
                                 tooltip="Keyword and file name: letters, digits, . _ - (and / for a subfolder). "
                                         "No spaces: a prompt keyword ends at a space."),
@@ -235,7 +236,7 @@ class ConvertEmbedding(io.ComfyNode):
                 "safetensors file from any readable format."
             ),
             inputs=[
-                EmbeddingSocket.Input("embedding"),
+                EmbeddingSocket.Input("embedding", tooltip="The embedding to convert (e.g. from Load Embedding)."),
                 io.Combo.Input("target", options=["sdxl", "sd1", "keep"], default="sdxl",
                                tooltip="sdxl: clip_l + clip_g; sd1: clip_l only; keep: unchanged."),
                 io.Clip.Input("clip", optional=True,

@@ -183,7 +183,7 @@ class InspectEmbedding(io.ComfyNode):
             ),
             is_output_node=True,
             inputs=[
-                EmbeddingSocket.Input("embedding"),
+                EmbeddingSocket.Input("embedding", tooltip="The embedding to describe (from Load, Train, Merge or Convert)."),
                 io.Clip.Input("clip", optional=True,
                               tooltip="The CLIP you plan to use it with: adds vocabulary norms, nearest tokens "
                                       "and a verdict."),

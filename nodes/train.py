@@ -81,6 +81,7 @@ class TrainEmbedding(io.ComfyNode):
             description=(
                 "Textual inversion: learns a few new word vectors for the loaded MODEL/CLIP from an image batch "
                 "(the model itself stays untouched) and saves them to models/embeddings as NAME.safetensors. "
+                "Captions (e.g. a dataset loader's texts) go into the training prompts. "
                 "Use the `prompt` output (embedding:NAME) in a prompt."
             ),
             is_output_node=True,
@@ -90,24 +91,37 @@ class TrainEmbedding(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The MODEL from your checkpoint loader (SD1.x, SD2.x or SDXL)."),
                 io.Clip.Input("clip", tooltip="The CLIP from the same checkpoint loader."),
-                io.Vae.Input("vae", optional=True, tooltip="The VAE: each image is encoded once, before training."),
+                io.Vae.Input("vae", optional=True,
+                             tooltip="The VAE from the same loader: each image is encoded once, before training "
+                                     "(not needed with latents)."),
                 io.Image.Input("images", optional=True,
-                               tooltip="5-20 pictures of the concept (same size, a multiple of 8 pixels)."),
+                               tooltip="5-20 pictures of the concept, all one size, a multiple of 8 pixels (or turn "
+                                       "on crop_to_multiple_of_8); a list from a dataset loader works."),
                 io.String.Input("name", default=_DEFAULTS.name,
-                                tooltip="Keyword and file name: letters, digits, . _ - (and / for subfolders)."),
+                                tooltip="Keyword and file name (models/embeddings/NAME.safetensors): letters, digits, "
+                                        ". _ - (and / for subfolders). No spaces: a prompt keyword ends at a space."),
                 io.String.Input("init_text", default=_DEFAULTS.init_text,
                                 tooltip="Words to start from, spread over the vectors (e.g. 'cat' for your cat)."),
                 io.Int.Input("num_vectors", default=_DEFAULTS.num_vectors, min=1, max=75,
                              tooltip="Vectors per encoder: more learns more detail but takes prompt room (75 per chunk)."),
                 io.Combo.Input("template", options=["object", "style", "negative", "custom"], default="object",
-                               tooltip="Prompts used in training: object/style presets, 'negative' for negative "
-                                       "embeddings, or 'custom' lines with [name] and [filewords]."),
-                io.Int.Input("steps", default=_DEFAULTS.steps, min=1, max=1_000_000, tooltip="Optimizer steps."),
+                               tooltip="Prompts used in training. object: 'a photo of [name]'...; style: 'a painting "
+                                       "in the style of [name]'... (both add ', CAPTION' when captions are given); "
+                                       "negative: '[name]' and 'CAPTION, [name]', for negative embeddings; custom: "
+                                       "your custom_template lines."),
+                io.Int.Input("steps", default=_DEFAULTS.steps, min=1, max=1_000_000,
+                             tooltip="Optimizer steps: how long to train. Each step shows the model batch_size x "
+                                     "gradient_accumulation pictures."),
                 io.String.Input("learning_rate", default=_DEFAULTS.learning_rate,
-                                tooltip="'PEAK -> FLOOR' decays along a cosine over the run; a single rate is "
-                                        "constant; A1111 schedules '0.005:100, 1e-3:1000, 1e-5' step as written."),
-                io.Int.Input("batch_size", default=_DEFAULTS.batch_size, min=1, max=64),
-                io.Int.Input("seed", default=_DEFAULTS.seed, min=0, max=2**31 - 1, control_after_generate=False),
+                                tooltip="'PEAK -> FLOOR' (e.g. '5e-3 -> 5e-4') falls from PEAK to FLOOR along a "
+                                        "half cosine over the run; one number is a constant rate; an A1111 schedule "
+                                        "'0.005:100, 1e-3:1000, 1e-5' steps as written. See lr_shape."),
+                io.Int.Input("batch_size", default=_DEFAULTS.batch_size, min=1, max=64,
+                             tooltip="Pictures per forward pass. More gives a steadier loss per step but needs more "
+                                     "memory; out of memory: lower it and raise gradient_accumulation."),
+                io.Int.Input("seed", default=_DEFAULTS.seed, min=0, max=2**31 - 1, control_after_generate=False,
+                             tooltip="Seeds the choice of pictures and template lines, the noise and the noise "
+                                     "levels: the same seed and settings repeat a run, another seed draws anew."),
                 io.Boolean.Input("overwrite", default=False,
                                  tooltip="Replace an existing embedding of the same name."),
                 io.Latent.Input("latents", optional=True,
@@ -115,55 +129,89 @@ class TrainEmbedding(io.ComfyNode):
                 io.Mask.Input("masks", optional=True,
                               tooltip="Per-pixel loss weight (white = learn this, black = ignore), one per image."),
                 io.String.Input("captions", optional=True, multiline=True, default="",
-                                tooltip="One caption per line (one line per image, or one for all): fills [filewords]."),
+                                tooltip="One caption per line (one line per image, or one for all), or a dataset "
+                                        "loader's texts: fills [filewords]. The object and style presets use them "
+                                        "('a photo of [name], CAPTION'); a template without [filewords] does not, "
+                                        "and the node warns."),
                 io.String.Input("custom_template", **ADV, optional=True, multiline=True, default="a photo of [name], [filewords]",
-                                tooltip="Used when template is 'custom': one prompt per line with [name]."),
-                io.Boolean.Input("shuffle_tags", **ADV, optional=True, default=False, tooltip="Shuffle comma-separated caption tags."),
-                io.Float.Input("tag_dropout", **ADV, optional=True, default=0.0, min=0.0, max=0.95, step=0.05),
-                io.Int.Input("lr_warmup_steps", **ADV, optional=True, default=_DEFAULTS.lr_warmup_steps, min=0, max=100_000),
+                                tooltip="Used when template is 'custom': one prompt per line, each with [name] "
+                                        "(where the vectors go) and, to use the captions, [filewords]."),
+                io.Boolean.Input("shuffle_tags", **ADV, optional=True, default=False,
+                                 tooltip="Shuffle a caption's comma-separated tags in every prompt, so their order "
+                                         "is not learned."),
+                io.Float.Input("tag_dropout", **ADV, optional=True, default=0.0, min=0.0, max=0.95, step=0.05,
+                               tooltip="Chance that each caption tag is left out of a prompt, so the vectors learn "
+                                       "what the tags do not say (0 = keep every tag)."),
+                io.Int.Input("lr_warmup_steps", **ADV, optional=True, default=_DEFAULTS.lr_warmup_steps, min=0,
+                             max=100_000,
+                             tooltip="Steps over which the learning rate rises from near 0 to its first value "
+                                     "(0 = none; the cosine starts after them)."),
                 io.Combo.Input("lr_shape", **ADV, optional=True, options=["auto", "steps", "cosine", "constant"],
                                default=_DEFAULTS.lr_shape,
-                               tooltip="auto: cosine when learning_rate is 'A -> B', otherwise as written."),
-                io.Int.Input("gradient_accumulation", **ADV, optional=True, default=1, min=1, max=256),
+                               tooltip="How learning_rate is read. auto: cosine when it has '->', otherwise steps; "
+                                       "steps: A1111's 'RATE:UNTIL, ..., RATE' list (one number = constant); "
+                                       "cosine: 'PEAK' or 'PEAK -> FLOOR' (FLOOR 0 when left out); constant: one "
+                                       "number."),
+                io.Int.Input("gradient_accumulation", **ADV, optional=True, default=1, min=1, max=256,
+                             tooltip="Batches whose gradients are added up before each optimizer step: an effective "
+                                     "batch of batch_size x this, with the memory of one batch."),
                 io.Combo.Input("precision", **ADV, optional=True, options=["auto", "fp32", "bf16", "fp16"], default="auto",
-                               tooltip="Autocast for the frozen model; the vectors always stay fp32."),
+                               tooltip="What the frozen model computes in. auto: bf16 on GPUs that have it, fp16 "
+                                       "(with loss scaling) on older ones, fp32 on a CPU. The vectors always stay "
+                                       "fp32."),
                 io.Boolean.Input("gradient_checkpointing", **ADV, optional=True, default=False,
-                                 tooltip="Recompute each UNet block in the backward pass: on an H200, SDXL 1024px "
-                                         "peaked at 7.9 instead of 13.4 GiB, at about half the speed."),
+                                 tooltip="Recompute each UNet block in the backward pass instead of keeping its "
+                                         "activations: far less memory per step, at about half the speed. Turn on "
+                                         "when training runs out of memory."),
                 io.Combo.Input("latent_sampling", **ADV, optional=True, options=["deterministic", "once", "random"],
-                               default="deterministic", tooltip="VAE runs once per image in every mode."),
-                io.Boolean.Input("flip", **ADV, optional=True, default=False, tooltip="Also train on mirrored images."),
+                               default="deterministic",
+                               tooltip="Which latent of each picture is trained on. deterministic: the VAE's mean; "
+                                       "once: one sample, drawn before training; random: a new sample every step. "
+                                       "The VAE runs once per picture in every mode."),
+                io.Boolean.Input("flip", **ADV, optional=True, default=False,
+                                 tooltip="Also train on mirrored copies of the pictures (doubles the set). Leave off "
+                                         "for text, logos or anything one-sided."),
                 io.Combo.Input("clip_mode", **ADV, optional=True, options=["norm", "value", "none"], default=_DEFAULTS.clip_mode,
-                               tooltip="Gradient clipping."),
-                io.Float.Input("clip_value", **ADV, optional=True, default=_DEFAULTS.clip_value, min=0.0, max=1000.0, step=0.01),
+                               tooltip="Gradient clipping. norm: scale the gradient down to an L2 norm of "
+                                       "clip_value; value: clamp each entry to +-clip_value; none: off."),
+                io.Float.Input("clip_value", **ADV, optional=True, default=_DEFAULTS.clip_value, min=0.0, max=1000.0,
+                               step=0.01, tooltip="The limit clip_mode clips to (0 = no clipping)."),
                 io.Combo.Input("norm_mode", **ADV, optional=True, options=["none", "clamp", "median"], default=_DEFAULTS.norm_mode,
-                               tooltip="Keep vector norms in check: clamp to max_norm, or hold the vocabulary's median."),
+                               tooltip="Keep vector norms in check after each step. none: off; clamp: at most "
+                                       "max_norm; median: every vector at the vocabulary's median norm."),
                 io.Float.Input("max_norm", **ADV, optional=True, default=0.0, min=0.0, max=100.0, step=0.01,
                                tooltip="For norm_mode=clamp; 0 = the vocabulary's largest norm."),
                 io.Float.Input("min_snr_gamma", **ADV, optional=True, default=_DEFAULTS.min_snr_gamma, min=0.0, max=100.0, step=0.5,
                                tooltip="Min-SNR loss weighting (5 is common); 0 = off."),
                 io.Int.Input("validate_every", **ADV, optional=True, default=_DEFAULTS.validate_every, min=0, max=100_000,
-                             tooltip="Validation loss on fixed noise every N steps (0 = off)."),
+                             tooltip="A validation loss every N steps (0 = off): on the training pictures, with "
+                                     "fixed noise and noise levels, so checks compare. Needed for early stopping."),
                 io.Int.Input("early_stop_patience", **ADV, optional=True, default=_DEFAULTS.early_stop_patience, min=0, max=1000,
-                             tooltip="Stop after this many validations without improvement and keep the best "
-                                     "vectors (0 = never)."),
+                             tooltip="Stop after this many validations without improvement (0 = never). When "
+                                     "above 0 the saved file holds the best validation's vectors, also when the "
+                                     "run ends normally."),
                 io.Int.Input("save_every", **ADV, optional=True, default=0, min=0, max=1_000_000,
-                             tooltip="Also save NAME-stepNNNNN every N steps, to compare steps by name (0 = off)."),
+                             tooltip="Also save NAME-stepNNNNN every N steps, to compare steps by name in a "
+                                     "prompt (0 = off)."),
                 io.Int.Input("preview_every", **ADV, optional=True, default=0, min=0, max=1_000_000,
-                             tooltip="Sample a preview image every N steps and at the end (0 = off)."),
-                io.String.Input("preview_prompt", **ADV, optional=True, default=_DEFAULTS.preview_prompt),
-                io.Int.Input("preview_seed", **ADV, optional=True, default=0, min=0, max=2**31 - 1),
+                             tooltip="Sample a preview picture with preview_prompt every N steps and at the end "
+                                     "(0 = off)."),
+                io.String.Input("preview_prompt", **ADV, optional=True, default=_DEFAULTS.preview_prompt,
+                                tooltip="Prompt of the preview pictures; [name] is where the vectors go."),
+                io.Int.Input("preview_seed", **ADV, optional=True, default=0, min=0, max=2**31 - 1,
+                             tooltip="Seed of the preview pictures: one seed for all, so previews differ only by "
+                                     "the vectors."),
                 io.String.Input("resume_from", **ADV, optional=True, default="",
-                                tooltip="Name of an embedding to continue (optimizer state too, when TokenSmith "
-                                        "trained it)."),
+                                tooltip="Name of an embedding to continue from its step (optimizer state too, "
+                                        "when TokenSmith trained it); steps is the total to reach. Empty = new."),
                 io.Boolean.Input("crop_to_multiple_of_8", **ADV, optional=True, default=False,
                                  tooltip="Centre-crop images (and masks) whose size is not a multiple of 8."),
             ],
             outputs=[
-                Embedding.Output("embedding"),
+                Embedding.Output("embedding", tooltip="The trained vectors (already saved), for Save, Inspect or Merge."),
                 io.String.Output("prompt", tooltip="embedding:NAME, to feed a text encode after training."),
-                LossHistory.Output("loss"),
-                io.Image.Output("previews"),
+                LossHistory.Output("loss", tooltip="The run's loss, validation loss, learning rate and norms, for Loss Graph."),
+                io.Image.Output("previews", tooltip="The preview pictures (with preview_every above 0)."),
             ],
             hidden=[io.Hidden.unique_id],
         )
@@ -247,9 +295,9 @@ class LossGraph(io.ComfyNode):
             description="Draws a training run: loss (raw and smoothed) and validation loss, learning rate and vector norm.",
             is_output_node=True,
             inputs=[
-                LossHistory.Input("loss"),
-                io.Int.Input("width", default=768, min=256, max=4096),
-                io.Int.Input("height", default=512, min=256, max=4096),
+                LossHistory.Input("loss", tooltip="The Train Embedding node's loss output."),
+                io.Int.Input("width", default=768, min=256, max=4096, tooltip="Width of the picture in pixels."),
+                io.Int.Input("height", default=512, min=256, max=4096, tooltip="Height of the picture in pixels."),
             ],
             outputs=[io.Image.Output("image")],
         )
