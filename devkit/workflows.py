@@ -434,6 +434,27 @@ def skip_first_visit(base: Path) -> None:
     settings.write_text(json.dumps(data))
 
 
+# What the front end offers for the models a loaded workflow lacks: newer front ends keep them in
+# their `missingModel` store (with the url and folder from the node's `models` property), older
+# ones open a "Missing Models" dialog with a Download button.
+MISSING_MODELS_JS = """() => {
+  const pinia = document.querySelector('#vue-app')?.__vue_app__?.config.globalProperties.$pinia;
+  const store = pinia?._s.get('missingModel');
+  if (store) return {source: 'store', models: JSON.parse(JSON.stringify(store.missingModelCandidates || []))};
+  const dialog = [...document.querySelectorAll('.p-dialog')].find((d) => d.innerText.includes('Missing Models'));
+  return dialog ? {source: 'dialog', text: dialog.innerText} : {source: 'none'};
+}"""
+
+
+def close_missing_models_dialog(page) -> None:
+    """Close the older front ends' Missing Models dialog, as a person would, when it is open."""
+    page.evaluate("""() => {
+      for (const d of document.querySelectorAll('.p-dialog')) {
+        if (d.innerText.includes('Missing Models')) d.querySelector('.p-dialog-close-button, .p-dialog-header-close')?.click();
+      }
+    }""")
+
+
 def close_dialogs(page) -> None:
     page.evaluate("""() => {
       for (const b of document.querySelectorAll('.p-dialog-close-button, .p-dialog-header-close')) b.click();
