@@ -9,24 +9,12 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .convert import to_sd1, to_sdxl
+from .convert import CONVERT_TARGETS, convert_to
 from .errors import EmbeddingFileError, TokenSmithError
 from .formats import read_embedding, read_embedding_with_header, read_header
 from .hashing import file_hashes
-from .report import inspect_report
+from .report import format_report, human_size, inspect_report
 from .writer import write_embedding_file
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.4g}"
 
 
 def inspect_file(path: Path, name: str | None = None) -> dict:
@@ -62,22 +50,7 @@ def inspect_folder(folder: Path) -> dict:
 
 
 def _print_file(r: dict) -> None:
-    print(f"{r['path']}")
-    print(f"  name: {r['name']}   format: {r['format']}   family: {r['family']}   step: "
-          f"{'unknown' if r['step'] is None else r['step']}   vectors: {r['vectors']}")
-    print(f"  size: {_size(r['size'])}   sha256: {r['sha256']}   AutoV2: {r['autov2']}")
-    for enc, s in r["stats"].items():
-        print(f"  {enc}: {s['shape'][0]} x {s['shape'][1]} (stored as {s.get('stored_dtype', s['dtype'])})")
-        print(f"    mean {_fmt(s['mean'])}  std {_fmt(s['std'])}  min {_fmt(s['min'])}  max {_fmt(s['max'])}  "
-              f"NaN {s['nan']}  Inf {s['inf']}")
-        print("    vector norms: " + " ".join(_fmt(n) for n in s["norms"]))
-    if r["metadata"]:
-        print("  metadata:")
-        for k, v in sorted(r["metadata"].items()):
-            shown = v if len(v) <= 100 else v[:97] + "..."
-            print(f"    {k}: {shown}")
-    for w in r["warnings"]:
-        print(f"  warning: {w}")
+    print(format_report(r))
 
 
 def _print_folder(r: dict) -> None:
@@ -88,7 +61,7 @@ def _print_folder(r: dict) -> None:
             print(f"  {f['file']:<{width}}  error: {f['error']}")
             continue
         shapes = " + ".join(f"{enc} {n}x{d}" for enc, (n, d) in f["encoders"].items())
-        print(f"  {f['file']:<{width}}  {f['format']:<22} {f['family']:<7} {shapes}  {_size(f['size'])}")
+        print(f"  {f['file']:<{width}}  {f['format']:<22} {f['family']:<7} {shapes}  {human_size(f['size'])}")
 
 
 def cmd_inspect(args) -> int:
@@ -112,10 +85,8 @@ def cmd_convert(args) -> int:
     if emb.source_format == "lora_bundle":
         # The LoRA's own training metadata (ss_*) describes the LoRA, not this embedding.
         emb.metadata = {k: v for k, v in emb.metadata.items() if k == "bundle"}
-    if args.to == "sdxl":
-        emb = to_sdxl(emb)
-    elif args.to == "sd1":
-        emb = to_sd1(emb)
+    if args.to:
+        emb = convert_to(emb, args.to)
     extra = {"converted_from": f"{emb.source_format} ({source_family})"}
     out = write_embedding_file(emb, args.output, overwrite=args.overwrite, extra_metadata=extra)
     print(f"wrote {out} ({emb.family}: " + ", ".join(f"{k} {n}x{d}" for k, (n, d) in emb.shapes().items()) + ")")
@@ -154,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert any readable embedding to TokenSmith safetensors")
     p.add_argument("input")
     p.add_argument("output", help="the .safetensors file to write")
-    p.add_argument("--to", choices=("sd1", "sdxl"), help="sdxl: L vectors + zero G vectors; sd1: keep the L side")
+    p.add_argument("--to", choices=CONVERT_TARGETS,
+                   help="sdxl: L vectors + zero G vectors; sd1: keep the L side; sd3: clip_l + clip_g kept, "
+                        "zero t5xxl vectors")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--name", help="pick a bundled embedding / diffusers token by name")
     p.set_defaults(func=cmd_convert)

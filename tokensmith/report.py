@@ -57,3 +57,81 @@ def inspect_report(emb: Embedding) -> dict:
         "stats": stats,
         "warnings": warnings,
     }
+
+
+def fmt_number(x) -> str:
+    """A statistic as reports print it (``n/a`` for a missing value)."""
+    return "n/a" if x is None else f"{x:.4g}"
+
+
+def human_size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _source_lines(src: dict) -> list[str]:
+    lines = []
+    if src.get("path"):
+        lines.append(f"  file: {src['path']} ({human_size(src['size'])}, {src['container']})")
+    if src.get("sha256"):
+        lines.append(f"  sha256: {src['sha256']}   AutoV2: {src['autov2']}")
+    if src.get("note"):
+        lines.append(f"  hash: {src['note']}")
+    return lines
+
+
+def _stats_lines(data: dict) -> list[str]:
+    f = fmt_number
+    lines = []
+    for enc, s in data["stats"].items():
+        lines.append(f"  {enc}: {s['shape'][0]} x {s['shape'][1]} (stored as {s.get('stored_dtype', s['dtype'])})")
+        lines.append(f"    mean {f(s['mean'])}  std {f(s['std'])}  min {f(s['min'])}  max {f(s['max'])}  "
+                     f"NaN {s['nan']}  Inf {s['inf']}")
+        lines.append("    vector norms: " + " ".join(f(n) for n in s["norms"]))
+        for i, v in enumerate(data.get("per_vector", {}).get(enc, [])):
+            lines.append(f"    #{i}: norm {f(v['norm'])}  mean {f(v['mean'])}  std {f(v['std'])}  "
+                         f"min {f(v['min'])}  max {f(v['max'])}")
+    return lines
+
+
+def _clip_lines(clip: dict) -> list[str]:
+    f = fmt_number
+    encs = ", ".join(f"{k} {w}" for k, w in clip["encoders"].items())
+    lines = [f"  with this CLIP ({clip['family']}: {encs}): {clip['verdict']}"]
+    for key, r in clip["per_encoder"].items():
+        if r["reads"] is None:
+            lines.append(f"    {key} reads nothing")
+            continue
+        state = "used" if r["used"] else "ignored"
+        head = f"    {key} reads {r['reads']} ({r['width']} wide): {state}"
+        vocab = r.get("vocabulary_norms")
+        if vocab:
+            head += f"; vocabulary norm median {f(vocab['median'])} (max {f(vocab['max'])})"
+        lines.append(head)
+        if r.get("norm_vs_median"):
+            lines.append("      norm / median: " + " ".join(f(x) for x in r["norm_vs_median"]))
+        for i, row in enumerate(r.get("nearest", [])):
+            lines.append(f"      #{i} nearest: " + ", ".join(f"{tok} ({sim:.3f})" for tok, sim in row))
+    return lines
+
+
+def format_report(data: dict) -> str:
+    """The text form of an inspect report (``inspect_report`` plus, when known, the file: ``path``,
+    ``size``, ``container``, ``sha256``, ``autov2`` at the top or under ``source``; ``per_vector``; and
+    the ``clip`` section of the Inspect node). The CLI and the Inspect node both print this."""
+    step = "unknown" if data["step"] is None else data["step"]
+    lines = [f"{data['name'] or 'unnamed'}",
+             f"  format: {data['format']}   family: {data['family']}   vectors: {data['vectors']}   step: {step}"]
+    lines += _source_lines(data.get("source", data))
+    lines += _stats_lines(data)
+    if data["metadata"]:
+        lines.append("  metadata:")
+        for k, v in sorted(data["metadata"].items()):
+            lines.append(f"    {k}: {v if len(v) <= 100 else v[:97] + '...'}")
+    lines += [f"  warning: {w}" for w in data["warnings"]]
+    if data.get("clip"):
+        lines += _clip_lines(data["clip"])
+    return "\n".join(lines)

@@ -1,7 +1,8 @@
 """Writing embeddings: safetensors only, atomically (temp file in the target folder, fsync, rename).
 
-Layout written (what ComfyUI, A1111 and kohya read): ``emb_params [n, d]`` for a single-encoder
-embedding; ``clip_l [n, 768]`` + ``clip_g [n, 1280]`` for SDXL; one key per encoder otherwise.
+Layout written (what ComfyUI, A1111 and kohya read): ``emb_params [n, d]`` for a single CLIP encoder
+(SD1 clip_l, SD2 clip_h, clip_g); ``clip_l [n, 768]`` + ``clip_g [n, 1280]`` for SDXL; otherwise one key
+per encoder, named as ComfyUI's tokenizers ask for it (t5xxl, qwen3_4b, ...), a single one included.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from safetensors.torch import save as st_save
 
 from . import __version__
-from .embedding import Embedding
+from .embedding import CLIP_ENCODERS, Embedding
 from .errors import EmbeddingFileError, TokenSmithError
 from .names import safe_join, validate_name
 
@@ -46,7 +47,7 @@ def embedding_to_state_dict(emb: Embedding) -> dict[str, torch.Tensor]:
     """The tensors as written: fp32, contiguous, CPU."""
     vectors = {k: t.detach().to(device="cpu", dtype=torch.float32).contiguous().clone()
                for k, t in emb.vectors.items()}
-    if len(vectors) == 1:
+    if len(vectors) == 1 and next(iter(vectors)) in CLIP_ENCODERS:
         return {"emb_params": next(iter(vectors.values()))}
     return vectors
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..embedding import ENCODER_WIDTHS, Embedding, family_of
+from ..embedding import Embedding, canonical_order, family_of
 from ..errors import EmbeddingFileError, TokenSmithError
 from . import safetensors_fmt
 from .detect import HEAD_BYTES, PNG, SAFETENSORS, detect_container
@@ -53,7 +53,8 @@ def _unknown(path: Path) -> EmbeddingFileError:
                               "A1111 PNG embedding (the file may be damaged)")
 
 
-def _header_dict(path: Path, plan, size: int, container: str, shapes: dict, dtypes: dict, name: str) -> dict:
+def _header_dict(path: Path, plan, size: int, container: str, shapes: dict, dtypes: dict, name: str,
+                 stored_order: list[str]) -> dict:
     return {
         "path": str(path),
         "name": name,
@@ -65,7 +66,14 @@ def _header_dict(path: Path, plan, size: int, container: str, shapes: dict, dtyp
         "step": plan.step,
         "size": size,
         "container": container,
+        # the encoders in the order ComfyUI's loader meets their tensors (safetensors: by offset; pickles:
+        # dictionary order): its fallback for an encoder whose key a file lacks is the first tensor
+        "stored_order": stored_order,
     }
+
+
+def _safetensors_order(header, plan) -> list[str]:
+    return sorted(plan.keys, key=lambda enc: header.tensors[plan.keys[enc]].begin)
 
 
 def read_embedding_with_header(path, *, name: str | None = None) -> tuple[Embedding, dict]:
@@ -85,6 +93,7 @@ def read_embedding_with_header(path, *, name: str | None = None) -> tuple[Embedd
                                  metadata=header.metadata)
                 stored = {enc: safetensors_fmt.read_tensor(fh, path, header, key) for enc, key in plan.keys.items()}
                 dtypes = {enc: _SAFETENSORS_DTYPE_NAMES[header.tensors[key].dtype] for enc, key in plan.keys.items()}
+                stored_order = _safetensors_order(header, plan)
             else:
                 if size > MAX_FILE_BYTES:
                     raise EmbeddingFileError(path, f"file is {size} bytes; embedding files of this kind are "
@@ -100,6 +109,7 @@ def read_embedding_with_header(path, *, name: str | None = None) -> tuple[Embedd
 
                     plan, tensors = load_torch(data, path, name=name)
                 stored, dtypes = {}, {}
+                stored_order = list(plan.keys)
                 for enc, key in plan.keys.items():
                     t = tensors[key]
                     if t.layout != torch.strided or not t.is_floating_point():
@@ -113,9 +123,8 @@ def read_embedding_with_header(path, *, name: str | None = None) -> tuple[Embedd
     except OSError as exc:
         raise EmbeddingFileError(path, f"cannot read the file ({exc.strerror or exc})") from None
 
-    # Canonical encoder order (clip_l, clip_h, clip_g, t5xxl) whatever order the file used.
-    order = list(ENCODER_WIDTHS)
-    stored = {k: stored[k] for k in sorted(stored, key=lambda k: order.index(k) if k in order else len(order))}
+    # Canonical encoder order (clip_l, clip_h, clip_g, t5xxl, ...) whatever order the file used.
+    stored = {k: stored[k] for k in canonical_order(stored)}
     dtypes = {k: dtypes[k] for k in stored}
     emb_name = name if name else path.stem
     try:
@@ -125,7 +134,7 @@ def read_embedding_with_header(path, *, name: str | None = None) -> tuple[Embedd
         raise
     except TokenSmithError as exc:
         raise EmbeddingFileError(path, str(exc)) from None
-    return emb, _header_dict(path, plan, size, container, emb.shapes(), dtypes, emb_name)
+    return emb, _header_dict(path, plan, size, container, emb.shapes(), dtypes, emb_name, stored_order)
 
 
 def read_embedding(path, *, name: str | None = None) -> Embedding:
@@ -156,8 +165,8 @@ def read_header(path) -> dict:
         return read_embedding_with_header(path)[1]
     plan = plan_flat({k: e.shape for k, e in header.tensors.items()}, path, metadata=header.metadata)
     shapes, dtypes = {}, {}
-    order = list(ENCODER_WIDTHS)
-    for enc, key in sorted(plan.keys.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
+    for enc in canonical_order(plan.keys):
+        key = plan.keys[enc]
         entry = header.tensors[key]
         n, d = check_shape(entry.shape, path, f"tensor {key!r}")
         shapes[enc] = [n, d]
@@ -167,4 +176,4 @@ def read_header(path) -> dict:
         dtypes[enc] = _SAFETENSORS_DTYPE_NAMES[entry.dtype]
     if len({s[0] for s in shapes.values()}) > 1:
         raise EmbeddingFileError(path, f"every encoder needs the same number of vectors, got {shapes}")
-    return _header_dict(path, plan, size, container, shapes, dtypes, path.stem)
+    return _header_dict(path, plan, size, container, shapes, dtypes, path.stem, _safetensors_order(header, plan))

@@ -130,7 +130,7 @@ def plan_flat(shapes: dict[str, tuple[int, ...]], path, *, name: str | None = No
             more = f" and {len(shapes) - 5} more" if len(shapes) > 5 else ""
             raise EmbeddingFileError(
                 path, f"file holds {len(shapes)} tensors ({listed}{more}) and none is an embedding key "
-                "(emb_params, clip_l, clip_g, clip_h, t5xxl, bundle_emb.*); if it is a diffusers file with "
+                f"(emb_params, {', '.join(ENCODER_WIDTHS)}, bundle_emb.*); if it is a diffusers file with "
                 "several tokens, pass the token as the name")
         key = matches[0]
     _, width = check_shape(shapes[key], path, f"tensor {key!r}")
