@@ -40,6 +40,7 @@ import comfy.sd1_clip
 import folder_paths
 import torch
 
+from .tokensmith.comfy_reads import Slot
 from .tokensmith.embedding import family_of
 from .tokensmith.errors import FamilyMismatchError, TrainingError
 
@@ -222,6 +223,32 @@ def token_strings(encoder: Encoder, ids) -> list[str]:
 
 def encoder_by_key(clip, key: str) -> Encoder | None:
     return next((e for e in encoders_of(clip) if e.key == key), None)
+
+
+def _tokenizers(clip) -> Iterator[tuple[str, object]]:
+    # (attribute, SDTokenizer) for each text encoder's tokenizer: clip_l, clip_g, t5xxl, qwen3_4b, ...
+    for attr, tok in vars(clip.tokenizer).items():
+        if isinstance(tok, comfy.sd1_clip.SDTokenizer):
+            yield attr, tok
+
+
+def embedding_slots(clip) -> list[Slot]:
+    """Every tokenizer of a CLIP as `embedding:NAME` meets it: the key and width it reads from embedding
+    files, whether it looks names up at all (it has an embeddings folder) and whether the CLIP loaded its
+    encoder (SD3 without T5 keeps the T5 tokenizer but not the model)."""
+    model = clip.cond_stage_model
+    return [Slot(tok.embedding_key, int(tok.embedding_size), tok.embedding_directory is not None,
+                 getattr(model, attr, None) is not None) for attr, tok in _tokenizers(clip)]
+
+
+def text_encoders(clip) -> list[Encoder]:
+    """Every loaded text encoder of a CLIP (CLIP-L/H/G, T5, LLM encoders), for vocabulary look-ups."""
+    out = []
+    for attr, tok in _tokenizers(clip):
+        enc = getattr(clip.cond_stage_model, attr, None)
+        if enc is not None:
+            out.append(Encoder(tok.embedding_key, attr.removeprefix("clip_"), tok, enc, int(tok.embedding_size)))
+    return out
 
 
 def vocabulary_norms(encoder: Encoder) -> dict[str, float]:

@@ -6,7 +6,7 @@
   `emb_params`, TokenSmith SDXL files, sizes 1..8 vectors; with --mix one in ten is an A1111 .pt),
   as a browser refresh does; the folder is read once first so the OS cache is warm. Best of 3.
 - nearest: comfy_adapter.nearest_tokens for a 4-vector embedding against the tiny SD1 CLIP's full
-  49,408-token vocabulary (top 5), and the Inspect node's whole report (nodes.inspect.build_report).
+  49,408-token vocabulary (top 5), and the Inspect node's whole report (nodes.inspection.build_report).
 - merge: tokensmith.expression.evaluate on an embedding-merge expression with quoted text (turned
   into vectors by the CLIP's vocabulary) and named embeddings.
 """
@@ -64,7 +64,7 @@ def measure(count: int) -> list[dict]:
     from devkit.model_factory import build_tiny
 
     adapter = comfy_host.pack_import("comfy_adapter")
-    inspect_node = comfy_host.pack_import("nodes.inspect")
+    inspect_node = comfy_host.pack_import("nodes.inspection")
     Embedding = comfy_host.pack_import("tokensmith.embedding").Embedding
     evaluate = comfy_host.pack_import("tokensmith.expression").evaluate
     out = [bench_list(count, False), bench_list(count, True)]

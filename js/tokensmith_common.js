@@ -56,7 +56,10 @@ export function promptFor(item) {
   return item.prompt || `embedding:${item.name}`;
 }
 
-const FAMILY_LABELS = { sd1: "SD1", sd2: "SD2", sdxl: "SDXL", sdxl_g: "SDXL-G", t5: "T5" };
+const FAMILY_LABELS = {
+  sd1: "SD1", sd2: "SD2", sdxl: "SDXL", sdxl_g: "SDXL-G", sd3: "SD3", flux: "Flux", chroma: "Chroma",
+  zimage: "Z-Image", qwen_image: "Qwen-Image", lumina2: "Lumina 2",
+};
 export function familyLabel(family) {
   return FAMILY_LABELS[family] || (family ? String(family).toUpperCase() : "?");
 }
@@ -165,7 +168,8 @@ export function addStyles() {
 .ts-badge { display:inline-block; font-size:10px; font-weight:700; padding:1px 6px; border-radius:8px;
   vertical-align:middle; margin-left:6px; color:#111; background:#9e9e9e; }
 .ts-badge.sd1 { background:#7cc4fa; } .ts-badge.sd2 { background:#b39ddb; } .ts-badge.sdxl { background:#ffb74d; }
-.ts-badge.sdxl_g { background:#ffcc80; } .ts-badge.t5 { background:#a5d6a7; }
+.ts-badge.sdxl_g { background:#ffcc80; } .ts-badge.sd3 { background:#f48fb1; }
+.ts-badge.flux, .ts-badge.chroma { background:#a5d6a7; } .ts-badge.zimage, .ts-badge.qwen_image { background:#80deea; }
 .tokensmith-hint { opacity:0.7; font-size:12px; }
 .tokensmith-button { padding:3px 8px; border-radius:6px; border:1px solid var(--border-color,#444);
   background: var(--comfy-input-bg,#222); color:inherit; cursor:pointer; font-size:12px; }

@@ -8,6 +8,6 @@ from . import prompt  # noqa: E402
 
 NODE_LIST += prompt.NODES
 
-from . import files, inspect, merge  # noqa: E402
+from . import files, inspection, merge  # noqa: E402
 
-NODE_LIST += [*files.NODES, *inspect.NODES, *merge.NODES]
+NODE_LIST += [*files.NODES, *inspection.NODES, *merge.NODES]

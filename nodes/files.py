@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from comfy_api.latest import io, ui
 
 from .. import comfy_adapter
-from ..tokensmith.convert import to_sd1, to_sdxl
+from ..tokensmith.convert import to_sd1, to_sd3, to_sdxl
 from ..tokensmith.embedding import MAX_VECTORS, Embedding
 from ..tokensmith.errors import EmbeddingFileError, FamilyMismatchError, TokenSmithError
 from ..tokensmith.formats import read_embedding_with_header
 from ..tokensmith.names import validate_name
 from ..tokensmith.writer import save_embedding
-from .types import CATEGORY
-from .types import Embedding as EmbeddingSocket
+from .sockets import CATEGORY
+from .sockets import Embedding as EmbeddingSocket
 
 # ComfyUI's own lookup order for `embedding:NAME` (comfy/sd1_clip.py load_embed), plus A1111 PNG cards.
 _LOOKUP_EXTENSIONS = ("", ".safetensors", ".pt", ".bin", ".png")
@@ -35,6 +35,7 @@ class SourceFile:
     mtime_ns: int
     container: str
     dtypes: dict
+    order: tuple = ()  # the encoders in the order the file stores them (ComfyUI's first-tensor fallback)
 
 
 _SOURCES: dict[int, SourceFile] = {}
@@ -69,7 +70,8 @@ def load_file(path: str) -> Embedding:
         size, mtime_ns = _stat_key(path)
     except OSError:
         size, mtime_ns = header["size"], 0
-    remember_source(emb, SourceFile(str(path), size, mtime_ns, header["container"], dict(header["dtypes"])))
+    remember_source(emb, SourceFile(str(path), size, mtime_ns, header["container"], dict(header["dtypes"]),
+                                    tuple(header["stored_order"])))
     return emb
 
 
@@ -232,13 +234,15 @@ class ConvertEmbedding(io.ComfyNode):
             category=f"{CATEGORY}/files",
             description=(
                 "SD1.5 -> SDXL (G side zero, or with an SDXL CLIP connected the G vector of each L vector's nearest "
-                "vocabulary token), SDXL -> SD1.5 (keeps the L side), or keep. Save the result to get a "
-                "safetensors file from any readable format."
+                "vocabulary token), SDXL -> SD1.5 (keeps the L side), SDXL/SD1.5/Flux.1 -> SD3 (the CLIP sides "
+                "kept, the missing ones zero, zero T5 vectors so T5 does not fall back to the clip_g rows), or "
+                "keep. Save the result to get a safetensors file from any readable format."
             ),
             inputs=[
                 EmbeddingSocket.Input("embedding", tooltip="The embedding to convert (e.g. from Load Embedding)."),
-                io.Combo.Input("target", options=["sdxl", "sd1", "keep"], default="sdxl",
-                               tooltip="sdxl: clip_l + clip_g; sd1: clip_l only; keep: unchanged."),
+                io.Combo.Input("target", options=["sdxl", "sd1", "sd3", "keep"], default="sdxl",
+                               tooltip="sdxl: clip_l + clip_g; sd1: clip_l only; sd3: clip_l + clip_g + zero "
+                                       "t5xxl; keep: unchanged."),
                 io.Clip.Input("clip", optional=True,
                               tooltip="An SDXL CLIP: fill the G side from the nearest tokens instead of zeros."),
             ],
@@ -257,6 +261,9 @@ class ConvertEmbedding(io.ComfyNode):
         elif target == "sd1":
             out = to_sd1(embedding)
             note = "kept the clip_l side" if source == "sdxl" else "already SD1"
+        elif target == "sd3":
+            out = to_sd3(embedding)
+            note = "already SD3" if source == "sd3" else "missing sides zero (T5 reads zero vectors, not clip_g)"
         elif target == "sdxl":
             if source == "sd1" and clip is not None:
                 out, tokens = _to_sdxl_by_tokens(embedding, clip)
@@ -265,7 +272,7 @@ class ConvertEmbedding(io.ComfyNode):
                 out = to_sdxl(embedding)
                 note = "G side zero (connect an SDXL CLIP to map tokens)" if source == "sd1" else "already SDXL"
         else:
-            raise TokenSmithError(f"unknown target {target!r}; use sdxl, sd1 or keep")
+            raise TokenSmithError(f"unknown target {target!r}; use sdxl, sd1, sd3 or keep")
         if out.family != source:
             out.metadata["converted_from"] = source
         summary = f"{describe(out)} ({note})"

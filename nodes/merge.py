@@ -6,12 +6,12 @@ from comfy_api.latest import io, ui
 
 from .. import comfy_adapter
 from ..tokensmith import merge as ops
-from ..tokensmith.embedding import Embedding
+from ..tokensmith.embedding import ENCODER_WIDTHS, Embedding
 from ..tokensmith.errors import FamilyMismatchError, TokenSmithError
 from ..tokensmith.expression import evaluate
 from .files import describe, read_named_embedding
-from .types import ADV, CATEGORY
-from .types import Embedding as EmbeddingSocket
+from .sockets import ADV, CATEGORY
+from .sockets import Embedding as EmbeddingSocket
 
 OPERATIONS = ["weighted sum", "mean", "concat", "slerp", "scale", "match norm", "crop/pad", "roll",
               "per-encoder scale", "collapse"]
@@ -48,7 +48,7 @@ def _resolvers(inputs: dict[str, Embedding], clip):
 
 
 def _vocabulary_medians(emb: Embedding, clip) -> dict[str, float]:
-    encoders = {e.key: e for e in comfy_adapter.encoders_of(clip)}
+    encoders = {e.key: e for e in comfy_adapter.text_encoders(clip)}
     missing = [k for k in emb.encoders if k not in encoders or encoders[k].width != emb.vectors[k].shape[1]]
     if missing:
         raise FamilyMismatchError(
@@ -96,8 +96,9 @@ class MergeEmbeddings(io.ComfyNode):
                                tooltip="slerp: 0 gives a, 1 gives b."),
                 io.Float.Input("factor", default=1.0, min=-10.0, max=10.0, step=0.01, optional=True,
                                tooltip="scale and per-encoder scale: multiply the vectors by this."),
-                io.Combo.Input("encoder", **ADV, options=["clip_l", "clip_g", "clip_h"], default="clip_g", optional=True,
-                               tooltip="per-encoder scale: the side to scale (SDXL: clip_l or clip_g)."),
+                io.Combo.Input("encoder", **ADV, options=list(ENCODER_WIDTHS), default="clip_g", optional=True,
+                               tooltip="per-encoder scale: the side to scale (SDXL: clip_l or clip_g; SD3 and "
+                                       "Flux.1 also t5xxl)."),
                 io.Float.Input("norm", **ADV, default=0.0, min=0.0, max=100.0, step=0.01, optional=True,
                                tooltip="match norm: the L2 norm every vector gets; 0 = the connected CLIP's "
                                        "vocabulary median per encoder."),

@@ -13,7 +13,7 @@ from ..tokensmith.history import TrainingHistory, draw_history
 from ..tokensmith.templates import ignored_captions_warning, split_captions, template_lines
 from ..tokensmith.train_config import TrainConfig
 from ..trainer import Trainer
-from .types import ADV, CATEGORY, Embedding, LossHistory
+from .sockets import ADV, CATEGORY, Embedding, LossHistory
 
 _DEFAULTS = TrainConfig()
 log = logging.getLogger("tokensmith")
