@@ -103,7 +103,8 @@ class ComfyServer:
                 with open(self.log_path, "rb") as fh:
                     fh.seek(log_start)
                     said = fh.read().decode(errors="replace").lower()
-                if "address already in use" in said or "errno 98" in said:
+                # v0.3.75 lets the OSError through ("address already in use"); v0.33.0 says "Port N is already in use"
+                if "already in use" in said or "errno 98" in said:
                     raise PortTaken(f"port {self.port} was taken before ComfyUI could bind it")
                 raise RuntimeError(f"ComfyUI exited with {self.proc.returncode}; log:\n{self.log_tail()}")
             try:
