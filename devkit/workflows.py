@@ -159,7 +159,7 @@ def examples() -> list[Example]:
           "## Convert old .pt embeddings\n"
           "Reads A1111 `.pt` files (opened with `weights_only=True`: a file cannot run code), PNG cards, "
           "diffusers `.bin` and LoRA bundles, and saves them as `.safetensors`. `target`: keep, sd1 or sdxl "
-          "(SD1 -> SDXL adds G vectors).\n\nA whole folder at once, from a terminal:\n"
+          "(SD1 -> SDXL adds G vectors).\n\nOne file at a time from a terminal, no ComfyUI needed:\n"
           "`python -m tokensmith convert OLD.pt NEW.safetensors`"),
     )
     return [train, negative, merge, convert]
