@@ -103,3 +103,31 @@ def test_llm_tokenizers_look_up_embeddings_as_their_slot_says(module, cls, key, 
     spliced = [t for row in tokens[key] for t, *_ in row if torch.is_tensor(t)]
     # looks_up True: the two vectors arrive; False (ComfyUI built the tokenizer without the folder): none
     assert len(spliced) == (2 if slot.looks_up else 0), (slot, len(spliced))
+
+
+@pytest.mark.parametrize("tokenizer", ["sd3_clip.SD3Tokenizer", "flux.FluxTokenizer"])
+@pytest.mark.parametrize("file_keys", [["clip_l", "clip_g"], ["clip_l"], ["clip_l", "clip_g", "t5xxl"],
+                                       ["clip_l", "t5xxl"], ["t5xxl"]])
+def test_what_each_tokenizer_of_sd3_and_flux_receives(tokenizer, file_keys, embeddings_dir, pack):
+    """The fallback trap through ComfyUI's own tokenizers: e.g. an SDXL file on SD3 hands T5 its clip_g rows."""
+    import importlib
+
+    module, cls = tokenizer.split(".")
+    tok = getattr(importlib.import_module(f"comfy.text_encoders.{module}"), cls)(embedding_directory=embeddings_dir)
+    adapter, reads = pack("comfy_adapter"), pack("tokensmith.comfy_reads")
+    slots = adapter.embedding_slots(_fake_clip(tok, **{attr: object() for attr in vars(tok)}))
+    name = f"trap_{module}_{'_'.join(file_keys)}"
+    tensors = _tensors(file_keys, 11)
+    stored = {"emb_params": tensors[file_keys[0]]} if len(file_keys) == 1 else tensors
+    save_file(stored, os.path.join(embeddings_dir, f"{name}.safetensors"))
+    emb = pack("tokensmith.formats").read_embedding(os.path.join(embeddings_dir, f"{name}.safetensors"))
+    tokens = tok.tokenize_with_weights(f"embedding:{name}")
+    readings = reads.readings({k: t.shape[1] for k, t in emb.vectors.items()}, slots)
+    for slot in slots:
+        token_key = next(a for a, t in vars(tok).items() if getattr(t, "embedding_key", None) == slot.key)
+        spliced = [t for row in tokens[token_key.removeprefix("clip_")] for t, *_ in row if torch.is_tensor(t)]
+        r = readings[slot.key]
+        assert torch.equal(torch.stack(spliced).float(), emb.vectors[r.reads]), (slot.key, r)
+        assert r.used == (spliced[0].shape[-1] == slot.width)
+    if tokenizer.startswith("sd3") and file_keys == ["clip_l", "clip_g"]:
+        assert readings["t5xxl"].reads == "clip_g" and readings["t5xxl"].fallback  # the trap, as issue 15 says
