@@ -42,7 +42,8 @@ import torch
 
 from .tokensmith.comfy_reads import Slot
 from .tokensmith.embedding import family_of
-from .tokensmith.errors import FamilyMismatchError, TrainingError
+from .tokensmith.errors import EmbeddingNameError, FamilyMismatchError, TrainingError
+from .tokensmith.names import safe_join
 
 log = logging.getLogger("tokensmith")
 
@@ -309,10 +310,11 @@ class PromptRows:
     folder, searched before the user's embeddings folders.
     """
 
-    def __init__(self, clip, num_vectors: int):
+    def __init__(self, clip, num_vectors: int, slot_name: str = SLOT_NAME):
         self.clip = clip
         self.encoders = encoders_of(clip)
         self.num_vectors = num_vectors
+        self.slot_name = slot_name  # a checked embedding name (tokensmith.names); `embedding:SLOT_NAME` is a slot
         self._cache: dict[str, dict] = {}
         self._tmp = tempfile.mkdtemp(prefix="tokensmith-slot-", dir=folder_paths.get_temp_directory())
         import safetensors.torch
@@ -321,7 +323,9 @@ class PromptRows:
             e.key: (_SLOT_BASE + torch.arange(num_vectors, dtype=torch.float32)).unsqueeze(1).repeat(1, e.width)
             for e in self.encoders
         }
-        safetensors.torch.save_file(slot, os.path.join(self._tmp, SLOT_NAME + ".safetensors"))
+        slot_file = os.path.join(self._tmp, slot_name + ".safetensors")  # a checked name: no '..', not absolute
+        os.makedirs(os.path.dirname(slot_file), exist_ok=True)
+        safetensors.torch.save_file(slot, slot_file)
         # Shallow copies: the user's CLIP keeps its own tokenizer untouched.
         self.tokenizer = copy.copy(clip.tokenizer)
         for e in self.encoders:
@@ -345,7 +349,7 @@ class PromptRows:
         """ComfyUI token rows for one prompt; slot entries are ("slot", i) markers."""
         if prompt in self._cache:
             return self._cache[prompt]
-        text = prompt.replace("[name]", f" embedding:{SLOT_NAME} ")
+        text = prompt.replace("[name]", f" embedding:{self.slot_name} ")
         raw = self.tokenizer.tokenize_with_weights(text, False, **_tokenizer_kwargs(self.clip))
         marked = {}
         found = {}
@@ -400,6 +404,28 @@ def encode_tokens(clip, tokens: dict) -> tuple[torch.Tensor, torch.Tensor | None
         model.set_clip_options({"layer": clip.layer_idx})
     out = model.encode_token_weights(tokens)
     return out[0], out[1]
+
+
+def encode_with_vectors(clip, text: str, keyword: str, vectors: dict[str, torch.Tensor]) -> tuple[list, int]:
+    """CLIPTextEncode's conditioning for text in which `embedding:KEYWORD` means the given vectors, no file
+    saved: the text goes through the CLIP's own tokenizer with a slot embedding of that name found first
+    (PromptRows, in ComfyUI's temp folder), the slots are filled with the vectors and the rows encoded by
+    CLIP.encode_from_tokens_scheduled, as CLIPTextEncode does. Other `embedding:` names are read from the
+    embeddings folders as usual. Returns the conditioning and how many rows took the vectors."""
+    encoders = encoders_of(clip)
+    missing = [e.key for e in encoders if e.key not in vectors]
+    if missing:
+        raise FamilyMismatchError(f"this CLIP reads {', '.join(e.key for e in encoders)}; the embedding has no "
+                                  f"{', '.join(missing)} vectors (Convert Embedding makes them)")
+    counts = {vectors[e.key].shape[0] for e in encoders}
+    if len(counts) != 1:
+        raise FamilyMismatchError(f"the embedding's encoders hold different vector counts {sorted(counts)}")
+    with PromptRows(clip, counts.pop(), slot_name=keyword) as rows:
+        tokens = rows.tokens(text)
+        used = sum(1 for row in tokens[encoders[0].token_key] for tok, _w in row
+                   if isinstance(tok, tuple) and tok and tok[0] == "slot")
+        filled = fill_slots(tokens, vectors, encoders)
+        return clip.encode_from_tokens_scheduled(filled), used
 
 
 def encode_batch(clip, token_sets: list[dict]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -697,8 +723,20 @@ def embedding_files() -> list[str]:
     return list(folder_paths.get_filename_list("embeddings"))
 
 
-def embedding_path(name: str) -> str | None:
-    """The full path of a listed embedding (None when ComfyUI does not list it)."""
+def embedding_path(name: str, *, refuse_outside: bool = False) -> str | None:
+    """The full path of a listed embedding (None when ComfyUI does not list it).
+
+    A name that leads out of the embeddings folders (absolute, '..', a symlinked subfolder or file
+    that leads out) is never looked up: None, or with ``refuse_outside`` the EmbeddingNameError
+    saying so. (ComfyUI's own lookup would quietly read '../x' as the folder's 'x', '/tmp/x' as
+    'tmp/x', and follow the symlink.)"""
+    try:
+        for folder in embedding_folders():
+            safe_join(folder, name)
+    except EmbeddingNameError:
+        if refuse_outside:
+            raise
+        return None
     return folder_paths.get_full_path("embeddings", name)
 
 

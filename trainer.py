@@ -204,7 +204,7 @@ class Trainer:
             stem, ext = self.resume_from, ""
         self.resume_name = validate_name(stem)
         candidates = [self.resume_from] if ext else [stem + e for e in (".safetensors", ".pt", ".bin")]
-        path = next((p for p in map(adapter.embedding_path, candidates) if p is not None), None)
+        path = next((p for c in candidates if (p := adapter.embedding_path(c, refuse_outside=True)) is not None), None)
         if path is None:
             raise TrainingError(f"resume_from: no embedding named {self.resume_from!r} in the embeddings folders")
         # the only check of the file's shapes: _load_resume copies its vectors as they are

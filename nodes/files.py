@@ -17,7 +17,7 @@ from comfy_api.latest import io, ui
 from .. import comfy_adapter
 from ..tokensmith.convert import to_sd1, to_sd3, to_sdxl
 from ..tokensmith.embedding import MAX_VECTORS, Embedding
-from ..tokensmith.errors import EmbeddingFileError, FamilyMismatchError, TokenSmithError
+from ..tokensmith.errors import EmbeddingFileError, EmbeddingNameError, FamilyMismatchError, TokenSmithError
 from ..tokensmith.formats import read_embedding_with_header
 from ..tokensmith.names import validate_name
 from ..tokensmith.writer import save_embedding
@@ -77,11 +77,12 @@ def load_file(path: str) -> Embedding:
 
 def find_embedding(name: str) -> str | None:
     """The file ComfyUI would use for ``embedding:NAME``: the exact name, then NAME.safetensors, .pt,
-    .bin (and .png cards), searched in the embeddings folders (no path can lead outside them)."""
+    .bin (and .png cards), searched in the embeddings folders; a name leading outside them raises
+    EmbeddingNameError."""
     if not name or "\0" in name:
         return None
     for ext in _LOOKUP_EXTENSIONS:
-        path = comfy_adapter.embedding_path(name + ext)
+        path = comfy_adapter.embedding_path(name + ext, refuse_outside=True)
         if path is not None:
             return path
     return None
@@ -111,7 +112,7 @@ def listed_files() -> list[str]:
 def _listed_path(embedding: str) -> str | None:
     if not isinstance(embedding, str) or not embedding:
         return None
-    return comfy_adapter.embedding_path(embedding)
+    return comfy_adapter.embedding_path(embedding, refuse_outside=True)
 
 
 class LoadEmbedding(io.ComfyNode):
@@ -136,7 +137,11 @@ class LoadEmbedding(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, file) -> bool | str:
-        if _listed_path(file) is None:
+        try:
+            path = _listed_path(file)
+        except EmbeddingNameError as exc:
+            return str(exc)
+        if path is None:
             return (f"embedding file {file!r} was not found in the embeddings folders; pick one from the "
                     "list (refresh the page if you just added or renamed it)")
         return True
@@ -144,7 +149,10 @@ class LoadEmbedding(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, file):
         # Size and modification time: a file changed on disk is read again, an unchanged one is not.
-        path = _listed_path(file)
+        try:
+            path = _listed_path(file)
+        except EmbeddingNameError:
+            return file
         if path is None:
             return file
         try:

@@ -8,8 +8,10 @@ Every hostile name carries MARK, so a file it might have created anywhere is fou
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -58,15 +60,89 @@ HOSTILE = [
 def scene(base, embeddings_dir, tmp_path_factory):
     """A base folder with an existing embedding, a folder named like an embedding, and a symlinked
     subfolder that leads outside; watched from here on."""
-    outside = tmp_path_factory.mktemp("outside-target")
     link = embeddings_dir / "linked"
-    if not link.exists():
-        link.symlink_to(outside, target_is_directory=True)
+    if not link.is_symlink():
+        link.symlink_to(tmp_path_factory.mktemp("outside-target"), target_is_directory=True)
+    outside = link.resolve()  # the folder the link made by an earlier test leads to, checked below
     (embeddings_dir / "a-folder.safetensors").mkdir(exist_ok=True)
     watch = FsWatch(base)
     yield {"outside": outside, "watch": watch}
     assert not any(outside.iterdir()), f"written through the symlink: {list(outside.iterdir())}"
     watch.assert_only_allowed_writes()
+
+
+PLANTED = 7.25  # every vector entry of the embeddings planted where hostile names lead: found by value
+
+
+def _escapes(root: str, rel: str) -> bool:
+    """Whether ``root/rel`` means a file outside ``root``: absolute, through '..', or through a symlink."""
+    if "\0" in rel:
+        return False
+    full = os.path.realpath(os.path.join(root, rel))
+    return os.path.commonpath([os.path.realpath(root), full]) != os.path.realpath(root)
+
+
+def _targets(root: str, rel: str) -> list[str]:
+    """Where a lookup of ``rel`` in ``root`` could land when the name leads out: where the OS resolves
+    it (outside the folder, in /tmp, behind the symlink), and the file inside the folder that ComfyUI's
+    own lookup reads it as (folder_paths.get_full_path rewrites '../x' to 'x' and '/tmp/x' to 'tmp/x')."""
+    if not _escapes(root, rel):
+        return []
+    return [os.path.realpath(os.path.join(root, rel)),
+            os.path.join(root, os.path.relpath(os.path.join("/", rel), "/"))]
+
+
+@pytest.fixture
+def planted(pack, scene, embeddings_dir, base):
+    """A valid embedding (every entry PLANTED) at each target of each hostile name that leads out
+    (with and without .safetensors). Made after the scene's snapshot and removed, unchanged, before
+    its write scan, so the scan still sees every write the nodes make."""
+    root = str(embeddings_dir)
+    Embedding = pack("tokensmith.embedding").Embedding
+    data = pack("tokensmith.writer").serialize_embedding(Embedding({"clip_l": torch.full((1, 768), PLANTED)},
+                                                                   name="planted"))
+    names = HOSTILE + ["../outside.safetensors", "/etc/passwd", "linked/x.safetensors", "linked/x"]
+    made, dirs = {}, []
+    try:
+        yield from _plant(root, names, data, made, dirs, (str(base), "/tmp", str(scene["outside"])), scene)
+    finally:
+        changed = [t for t in made if not os.path.isfile(t) or open(t, "rb").read() != data]
+        for target in made:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(target)
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+    assert not changed, f"planted files changed: {changed}"
+
+
+def _plant(root, names, data, made, dirs, allowed, scene):
+    for name in names:
+        for rel in {name, name + ".safetensors"}:
+            for target in _targets(root, rel):
+                if target in made or os.path.lexists(target) or not target.startswith(allowed):
+                    continue
+                parent = os.path.dirname(target)
+                try:
+                    if not os.path.isdir(parent):
+                        if not parent.startswith(root + os.sep):
+                            continue
+                        missing = parent
+                        while not os.path.isdir(os.path.dirname(missing)):
+                            missing = os.path.dirname(missing)
+                        os.makedirs(parent)
+                        dirs.append(missing)
+                    with open(target, "xb") as fh:
+                        fh.write(data)
+                except OSError:  # a name the file system cannot hold (too long...): nothing to plant there
+                    continue
+                made[target] = data
+    assert any(t.startswith("/tmp/") for t in made) and any(t.startswith(str(scene["outside"])) for t in made)
+    assert any(t.startswith(root + os.sep) for t in made), made
+    yield made
+
+
+def _is_planted(emb) -> bool:
+    return any(bool((v == PLANTED).all()) for v in emb.vectors.values())
 
 
 def _emb(pack, n=1):
@@ -94,24 +170,54 @@ def test_save_node_name(pack, node_classes, scene, name):
     assert type(info.value).__name__ == "EmbeddingNameError", info.value
 
 
-@pytest.mark.parametrize("name", HOSTILE + ["../outside.safetensors", "/etc/passwd", "linked/x.safetensors"],
-                         ids=range(len(HOSTILE) + 3))
-def test_load_node_file(pack, node_classes, scene, name):
+def test_planted_files_are_valid_and_found_by_their_own_names(pack, node_classes, embeddings_dir, planted):
+    """Control for the tests below: a planted file inside the folder loads, by its real name, with the
+    planted vectors (so a refusal below is the name check's, not a broken or unreachable file)."""
+    import folder_paths
+
+    folder_paths.filename_list_cache.clear()
+    inside = [t for t in planted if t.startswith(str(embeddings_dir) + os.sep) and t.endswith(".safetensors")]
+    assert inside, planted
+    rel = os.path.relpath(inside[0], embeddings_dir)
+    assert node_classes["TokenSmithLoadEmbedding"].validate_inputs(file=rel) is True
+    assert _is_planted(run_node(node_classes["TokenSmithLoadEmbedding"], file=rel).result[0])
+    quoted = "`" + rel[: -len(".safetensors")] + "`"
+    merged = run_node(node_classes["TokenSmithMergeEmbeddings"], operation="mean", expression=f"{quoted} * 1").result[0]
+    assert _is_planted(merged)
+
+
+LOAD_NAMES = HOSTILE + ["../outside.safetensors", "/etc/passwd", "linked/x.safetensors"]
+
+
+@pytest.mark.parametrize("name", LOAD_NAMES, ids=range(len(LOAD_NAMES)))
+def test_load_node_file(pack, node_classes, embeddings_dir, planted, name):
+    """Refused, with the name error where the name leads out of the folder (a valid embedding waits
+    at every place it could lead); the planted vectors never load."""
     load = node_classes["TokenSmithLoadEmbedding"]
     assert load.validate_inputs(file=name) is not True
-    with pytest.raises(_tokensmith_error(pack)):
-        run_node(load, file=name)
+    with pytest.raises(_tokensmith_error(pack)) as info:
+        out = run_node(load, file=name)
+        assert not _is_planted(out.result[0]), f"{name!r} loaded a planted file"
+    if _targets(str(embeddings_dir), name):
+        assert type(info.value).__name__ == "EmbeddingNameError", info.value
+        message = str(info.value)
+        assert "points outside the folder" in message or "absolute path is not allowed" in message, message
 
 
-@pytest.mark.parametrize("name", HOSTILE, ids=range(len(HOSTILE)))
-def test_merge_expression_names(pack, node_classes, scene, name):
+@pytest.mark.parametrize("name", HOSTILE + ["linked/x"], ids=range(len(HOSTILE) + 1))
+def test_merge_expression_names(pack, node_classes, embeddings_dir, planted, name):
     quoted = "`" + name.replace("`", "``") + "`"
-    with pytest.raises(_tokensmith_error(pack)):
-        run_node(node_classes["TokenSmithMergeEmbeddings"], operation="mean", expression=f"{quoted} * 0.5")
+    with pytest.raises(_tokensmith_error(pack)) as info:
+        out = run_node(node_classes["TokenSmithMergeEmbeddings"], operation="mean", expression=f"{quoted} * 0.5")
+        assert not _is_planted(out.result[0]), f"{name!r} merged a planted file"
+    if _targets(str(embeddings_dir), name + ".safetensors"):
+        # the expression says where (an ExpressionError at the name's column) and passes the name error on
+        message = str(info.value)
+        assert "points outside the folder" in message or "absolute path is not allowed" in message, message
 
 
-def test_prompt_node_reports_hostile_references_as_missing(node_classes, scene):
-    for name in HOSTILE:
+def test_prompt_node_reports_hostile_references_as_missing(node_classes, planted):
+    for name in HOSTILE + ["linked/x"]:
         text = f"a photo of embedding:{name} in a field"
         out = run_node(node_classes["TokenSmithPrompt"], text=text, convert_keywords=True)
         prompt, warnings = out.result
@@ -124,11 +230,18 @@ RESUME_NAMES = [HOSTILE[0], HOSTILE[4], HOSTILE[9], HOSTILE[10], f"{MARK}.pt", "
 
 
 @pytest.mark.parametrize("name", RESUME_NAMES, ids=range(len(RESUME_NAMES)))
-def test_train_node_resume_from(pack, node_classes, sd1, scene, name):
+def test_train_node_resume_from(pack, node_classes, sd1, model_runs, planted, name):
+    """Refused before any work: the name error for every name but the harmless, absent MARK.pt (then
+    "no embedding named"); a planted embedding is never resumed from."""
+    runs = model_runs(sd1)
     with pytest.raises(_tokensmith_error(pack)) as info:
         run_node(node_classes["TokenSmithTrainEmbedding"],
                  **train_inputs(sd1, name="resume-hostile", resume_from=name, steps=1))
-    assert "resume_from" in str(info.value) or type(info.value).__name__ == "EmbeddingNameError", info.value
+    if name == f"{MARK}.pt":
+        assert "resume_from: no embedding named" in str(info.value), info.value
+    else:
+        assert type(info.value).__name__ == "EmbeddingNameError", info.value
+    assert runs.total == 0, runs.counts
 
 
 def test_collisions_are_refused_or_replace_as_asked(pack, node_classes, sd1, embeddings_dir, scene):
