@@ -18,8 +18,10 @@ its clip_g rows on the T5 side, an SD1 file puts its 768-wide rows on the G side
 differs from the encoder's are dropped when encoding (``WARNING: shape mismatch when trying to apply
 embedding, embedding will be ignored``); vectors of the same width but made for another encoder are used,
 and mean nothing there. A tokenizer built without an embeddings folder never looks ``embedding:`` words up:
-they are read as plain text (in both versions the Qwen-Image qwen25_7b and Lumina 2 gemma2_2b
-tokenizers are built so). An encoder the CLIP did not load (SD3 without T5) reads nothing.
+they are read as plain text. Qwen-Image's qwen25_7b and Lumina 2's gemma2_2b tokenizers are built so in
+v0.3.75 and v0.33.0, Z-Image's qwen3_4b in v0.3.75 (v0.33.0 passes the folder); the adapter reads this
+from the live tokenizer (``Slot.looks_up``), never from a list. An encoder the CLIP did not load (SD3
+without T5) reads nothing.
 """
 
 from __future__ import annotations
