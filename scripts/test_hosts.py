@@ -226,6 +226,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reuse-pinned", type=Path, help="JUnit file of a `make test` run on the pinned host")
     ap.add_argument("--only", nargs="*", help="host names to run (default: all found)")
+    ap.add_argument("--tiers", nargs="*", default=TIERS, help=f"test paths per host (default: {' '.join(TIERS)})")
     args = ap.parse_args(argv)
     runs: list[Run] = []
     hosts = [h for h in find_hosts() if not args.only or h.name in args.only]
@@ -235,14 +236,15 @@ def main(argv=None) -> int:
         if host.venv == ROOT / ".venv" and args.reuse_pinned and args.reuse_pinned.is_file():
             runs.append(reused_run(host, args.reuse_pinned))
         else:
-            runs.append(run_tiers(host, TIERS, host.name))
+            runs.append(run_tiers(host, args.tiers, host.name))
         if host is newest:
             version = newest_frontend(host.venv / "bin" / "python")
             if version is None:
                 log(f"PyPI did not answer for {FRONTEND}: the newest front end run is left out")
             elif version != runs[-1].frontend:
                 overlay = frontend_overlay(host, version)
-                runs.append(run_tiers(host, ["tests/browser"], f"{host.name}+frontend-{version}", overlay))
+                browser = [t for t in args.tiers if t.startswith("tests/browser")] or ["tests/browser"]
+                runs.append(run_tiers(host, browser, f"{host.name}+frontend-{version}", overlay))
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "hosts.json").write_text(json.dumps([asdict(r) for r in runs], indent=1))
     print(table(runs))
