@@ -406,6 +406,20 @@ def encode_tokens(clip, tokens: dict) -> tuple[torch.Tensor, torch.Tensor | None
     return out[0], out[1]
 
 
+def _looked_up_file(name: str, encoders: list[Encoder]) -> str | None:
+    """A file that `embedding:NAME` finds in an encoder's embeddings folders, by load_embed's rule: NAME, then
+    NAME.safetensors/.pt/.bin, in every folder and every subfolder of them, in no fixed order (a set)."""
+    expand = getattr(comfy.sd1_clip, "expand_directory_list", lambda dirs: list(dirs))
+    for e in encoders:
+        dirs = e.tokenizer.embedding_directory or []
+        for folder in expand([dirs] if isinstance(dirs, str) else dirs):
+            for ext in ("", ".safetensors", ".pt", ".bin"):
+                path = os.path.join(folder, name + ext)
+                if os.path.isfile(path):
+                    return path
+    return None
+
+
 def encode_with_vectors(clip, text: str, keyword: str, vectors: dict[str, torch.Tensor]) -> tuple[list, int]:
     """CLIPTextEncode's conditioning for text in which `embedding:KEYWORD` means the given vectors, no file
     saved: the text goes through the CLIP's own tokenizer with a slot embedding of that name found first
@@ -420,6 +434,10 @@ def encode_with_vectors(clip, text: str, keyword: str, vectors: dict[str, torch.
     counts = {vectors[e.key].shape[0] for e in encoders}
     if len(counts) != 1:
         raise FamilyMismatchError(f"the embedding's encoders hold different vector counts {sorted(counts)}")
+    taken = _looked_up_file(keyword, encoders)
+    if taken is not None:
+        raise EmbeddingNameError(f"embedding:{keyword} already names {taken}: ComfyUI's look-up could pick either "
+                                 "that file or the connected embedding, so use another keyword")
     with PromptRows(clip, counts.pop(), slot_name=keyword) as rows:
         tokens = rows.tokens(text)
         used = sum(1 for row in tokens[encoders[0].token_key] for tok, _w in row

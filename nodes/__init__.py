@@ -11,3 +11,7 @@ NODE_LIST += prompt.NODES
 from . import files, inspection, merge  # noqa: E402
 
 NODE_LIST += [*files.NODES, *inspection.NODES, *merge.NODES]
+
+from . import use  # noqa: E402
+
+NODE_LIST += use.NODES
