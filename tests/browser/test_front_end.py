@@ -6,6 +6,7 @@ autocomplete offer the freshly trained embedding."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -264,9 +265,12 @@ def test_negative_merge_and_convert_examples_run(page, training_run, browser_ser
     folder = browser_server.base / "models" / "embeddings"
     for made in ("tokensmith-negative", "tokensmith-ring-merged", "tokensmith-old-converted"):
         assert (folder / f"{made}.safetensors").is_file(), made
-    # the inspect report reached the node
+    # the Convert example's inspect report of tokensmith-old.pt (2 x 768 vectors saved at step 500 by the
+    # fixture) reached its node: the file, its step, family and shape, not just some text on the page
     text = page.evaluate("() => [...document.querySelectorAll('textarea.tokensmith-text')].map((t) => t.value).join('\\n')")
-    assert "tokensmith-old" in text or "sd1" in text.lower(), text[:500]
+    assert "models/embeddings/tokensmith-old.pt" in text, text[:500]
+    for fact in (r"\bstep:?\s+500\b", r"\bfamily:?\s+sd1\b", r"\bclip_l: 2 x 768\b"):
+        assert re.search(fact, text), (fact, text[:500])
 
 
 def prompt_textarea(page):
