@@ -1,0 +1,352 @@
+"""Training options proved by their effect, not only by a finite result: what the frozen model is
+handed (forward hooks on ComfyUI's real SD1.5-architecture modules), what the optimizer sees when it
+steps (torch's global optimizer step hook) and what the text encoder reads. Nothing of ComfyUI or of
+the trainer is replaced; each test has a control that shows its check can fail."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+
+def pictures(count=2, size=64, seed=0):
+    return torch.rand(count, size, size, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def train(pack, ms, images=None, captions="", **kw):
+    """One training run on ``ms`` (the trainer as the node calls it, under inference mode)."""
+    TrainConfig = pack("tokensmith.train_config").TrainConfig
+    settings = dict(name="options-effect", init_text="*", num_vectors=2, steps=3, learning_rate="5e-3",
+                    validate_every=0, clip_mode="none")
+    settings.update(kw)
+    with torch.inference_mode():
+        trainer = pack("trainer").Trainer(ms.model, ms.clip, ms.vae, pictures() if images is None else images,
+                                          TrainConfig(**settings), captions=captions, overwrite=True)
+        return trainer.run()
+
+
+@contextlib.contextmanager
+def hooked(module, hook, pre=False):
+    handle = module.register_forward_pre_hook(hook) if pre else module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def optimizer_steps():
+    """Every optimizer step while the block runs: its learning rate and a copy of each gradient."""
+    seen = []
+
+    def hook(optimizer, args, kwargs):
+        group = optimizer.param_groups[0]
+        seen.append({"lr": group["lr"], "grads": [p.grad.detach().clone() for g in optimizer.param_groups
+                                                   for p in g["params"] if p.grad is not None]})
+
+    handle = register_optimizer_step_pre_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def unet(ms):
+    return ms.model.model.diffusion_model
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16),
+                                              ("fp32", torch.float32)])
+def test_autocast_runs_the_model_in_the_asked_dtype(pack, sd1, precision, dtype):
+    """The diffusion model's linear and convolution layers compute in the asked dtype in every training
+    forward (fp32 is the control: the same hook sees float32 there)."""
+    layers = [m for m in unet(sd1).modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    first_linear = next(m for m in layers if isinstance(m, torch.nn.Linear))
+    first_conv = next(m for m in layers if isinstance(m, torch.nn.Conv2d))
+    seen = []
+
+    def record(module, args, output):
+        if torch.is_grad_enabled():
+            seen.append(output.dtype)
+
+    with hooked(first_linear, record), hooked(first_conv, record):
+        result = train(pack, sd1, precision=precision, steps=2)
+    assert len(seen) == 2 * 2, seen  # both layers, both steps
+    assert set(seen) == {dtype}, seen
+    assert all(v.dtype == torch.float32 for v in result.embedding.vectors.values())  # the vectors stay fp32
+
+
+# ----------------------------------------------------------------------------- gradient checkpointing
+
+
+def test_gradient_checkpointing_through_the_node_keeps_fewer_activations(sd1, node_classes, embeddings_dir):
+    """Through Train Embedding's gradient_checkpointing input: autograd keeps under half the bytes for
+    the diffusion model's backward pass, and a UNet residual block's layers run again in the backward
+    (twice per step)."""
+    from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
+
+    from tests.reliability.helpers import run_node, train_inputs
+
+    # the last residual block: its input depends on the vectors (through the cross-attention before it),
+    # so the backward pass goes through it (the first blocks see only the latents and keep nothing)
+    block = [m for m in unet(sd1).modules() if isinstance(m, ResBlock)][-1]
+    inner = next(m for m in block.modules() if isinstance(m, torch.nn.Conv2d))
+
+    def run(checkpointing):
+        kept, calls, in_unet = [], [], []
+
+        def pack_hook(t):
+            if in_unet:  # saved during the diffusion model's forward (the text encoder's are not at issue)
+                kept.append(t.numel() * t.element_size())
+            return t
+
+        def enter(module, args):
+            in_unet.append(1)
+
+        def leave(module, args, output):
+            in_unet.clear()
+
+        with torch.autograd.graph.saved_tensors_hooks(pack_hook, lambda t: t), \
+                hooked(unet(sd1), enter, pre=True), hooked(unet(sd1), leave), \
+                hooked(inner, lambda m, a: calls.append(torch.is_grad_enabled()), pre=True):
+            run_node(node_classes["TokenSmithTrainEmbedding"],
+                     **train_inputs(sd1, name=f"ckpt-{checkpointing}", steps=2, gradient_checkpointing=checkpointing))
+        return sum(kept), len(calls)
+
+    plain_bytes, plain_calls = run(False)
+    ckpt_bytes, ckpt_calls = run(True)
+    assert plain_calls == 2, plain_calls  # one forward per step
+    assert ckpt_calls == 2 * plain_calls, ckpt_calls  # and one recomputation per step in the backward
+    assert ckpt_bytes < 0.5 * plain_bytes, (plain_bytes, ckpt_bytes)
+
+
+# ----------------------------------------------------------------------------- latent sampling
+
+
+def _unet_inputs(pack, ms, grad: bool, **kw) -> list[torch.Tensor]:
+    """The latents the diffusion model was handed, per forward (training forwards when grad, else the
+    validation forwards)."""
+    seen = []
+
+    def record(module, args):
+        if torch.is_grad_enabled() == grad:
+            seen.append(args[0].detach().float().clone())
+
+    with hooked(unet(ms), record, pre=True):
+        train(pack, ms, **kw)
+    assert seen
+    return seen
+
+
+def _cos(a, b) -> float:
+    return float(F.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+
+
+def test_once_draws_one_latent_sample_per_image_and_reuses_it(pack, sd1):
+    """Against a deterministic run of the same seed (same pictures, noise levels and noise: `once` draws
+    nothing per step), each training input differs by the image's one drawn sample minus its mean,
+    scaled by the noise level's input factor: the differences for the same image point the same way
+    in every step, those of the two images do not, and none is zero."""
+    kw = dict(steps=8, batch_size=1)
+    det = _unet_inputs(pack, sd1, True, latent_sampling="deterministic", **kw)
+    again = _unet_inputs(pack, sd1, True, latent_sampling="deterministic", **kw)
+    assert all(torch.equal(a, b) for a, b in zip(det, again, strict=True)), "the runs are not repeatable"
+    once = _unet_inputs(pack, sd1, True, latent_sampling="once", **kw)
+    diffs = [o - d for o, d in zip(once, det, strict=True)]
+    assert all(float(d.abs().max()) > 0 for d in diffs), "once used the mean"
+    classes: list[torch.Tensor] = []  # one direction per image
+    for d in diffs:
+        matches = [c for c in classes if _cos(c, d) > 0.999]
+        assert len(matches) <= 1
+        if not matches:
+            assert all(_cos(c, d) < 0.9 for c in classes)
+            classes.append(d)
+    assert len(classes) == 2, f"{len(classes)} sample directions for 2 images"
+
+
+def test_random_draws_a_new_latent_sample_each_time(pack, sd1):
+    """The validation set fixes pictures, noise levels and noise, so the validation inputs of a `random`
+    run differ from a deterministic run's only by the drawn samples: two validation samples of the same
+    image got different draws (with `once` the same: the control)."""
+    kw = dict(steps=1, validate_every=1, validation_samples=4, batch_size=1)
+    det = _unet_inputs(pack, sd1, False, latent_sampling="deterministic", **kw)[0]
+    once = _unet_inputs(pack, sd1, False, latent_sampling="once", **kw)[0]
+    rand = _unet_inputs(pack, sd1, False, latent_sampling="random", **kw)[0]
+    assert det.shape[0] == 4  # pictures 0, 1, 0, 1
+    d_once, d_rand = once - det, rand - det
+    assert _cos(d_once[0], d_once[2]) > 0.999 and _cos(d_once[1], d_once[3]) > 0.999
+    assert float(d_rand[0].abs().max()) > 0 and float(d_rand[2].abs().max()) > 0
+    assert _cos(d_rand[0], d_rand[2]) < 0.9 and _cos(d_rand[1], d_rand[3]) < 0.9
+
+
+# ----------------------------------------------------------------------------- flip
+
+
+def test_flip_shows_the_model_the_mirrored_pictures(pack, sd1):
+    """With flip the VAE encodes every picture and its left-right mirror (once, before training);
+    without it only the pictures."""
+    images = pictures(2)
+    expected = images[:, :, :, :3].movedim(-1, 1) * 2.0 - 1.0  # ComfyUI's VAE input range
+
+    def encoded(**kw):
+        seen = []
+        with hooked(sd1.vae.first_stage_model.encoder, lambda m, a: seen.append(a[0].detach().float().clone()),
+                    pre=True):
+            train(pack, sd1, images=images, steps=1, **kw)
+        return torch.cat(seen)
+
+    def has(batch, picture) -> bool:
+        return any(torch.allclose(row, picture, atol=1e-6) for row in batch)
+
+    plain, flipped = encoded(flip=False), encoded(flip=True)
+    mirrored = expected.flip(-1)  # width mirrored
+    assert not any(torch.allclose(a, b) for a, b in zip(expected, mirrored, strict=True))
+    assert all(has(plain, p) for p in expected) and not any(has(plain, m) for m in mirrored)
+    assert all(has(flipped, p) for p in expected) and all(has(flipped, m) for m in mirrored)
+
+
+# ----------------------------------------------------------------------------- gradient clipping
+
+
+@pytest.mark.parametrize("mode", ["value", "norm"])
+def test_clipping_bounds_the_gradient_the_optimizer_steps_with(pack, sd1, mode):
+    """clip_mode value: every gradient entry the optimizer sees is within +-clip_value; norm: the total
+    norm is at most clip_value. Control: without clipping the same run's gradients exceed the bound."""
+    bound = 1e-4
+
+    def steps(**kw):
+        with optimizer_steps() as seen:
+            train(pack, sd1, steps=3, learning_rate="5e-2", **kw)
+        assert len(seen) == 3
+        return seen
+
+    def size(step):
+        if mode == "value":
+            return max(float(g.abs().max()) for g in step["grads"])
+        return math.sqrt(sum(float(g.norm()) ** 2 for g in step["grads"]))
+
+    unclipped = steps(clip_mode="none")
+    assert max(size(s) for s in unclipped) > 10 * bound, "the control's gradients are too small to show anything"
+    clipped = steps(clip_mode=mode, clip_value=bound)
+    assert all(size(s) <= bound * (1 + 1e-5) for s in clipped), [size(s) for s in clipped]
+    if mode == "value":
+        assert any(float(g.abs().max()) >= bound * (1 - 1e-5) for s in clipped for g in s["grads"])
+
+
+# ----------------------------------------------------------------------------- gradient accumulation
+
+
+def test_gradient_accumulation_averages_k_batches_into_one_step(pack, sd1):
+    """gradient_accumulation 3 x batch_size 2: each optimizer step follows 3 forwards of 2 pictures, and
+    the first batch's loss counts 1/3 (its gradient on the model's prediction is a third of the one
+    the same batch gets alone, gradient_accumulation 1: the first batch draws the same pictures, noise
+    levels and noise in both runs). So a step's gradient is the mean over the 3 x 2 pictures, as a
+    batch of 6 would give."""
+
+    def run(k):
+        forwards, grads = [], []
+
+        def on_forward(module, args, output):
+            if output.requires_grad:
+                forwards.append(args[0].shape[0])
+                output.register_hook(lambda g: grads.append(g.detach().clone()))
+
+        with optimizer_steps() as steps, hooked(unet(sd1), on_forward):
+            result = train(pack, sd1, steps=2, batch_size=2, gradient_accumulation=k)
+        return forwards, grads, steps, result
+
+    forwards, grads, steps, result = run(3)
+    assert forwards == [2] * 6, forwards  # 2 steps x 3 batches of 2
+    assert len(steps) == 2 and len(result.history.loss) == 2
+    single_forwards, single_grads, _, _ = run(1)
+    assert single_forwards == [2, 2]
+    torch.testing.assert_close(grads[0] * 3, single_grads[0], rtol=1e-4, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- learning-rate schedule
+
+
+def _cosine(step, steps, warmup, peak, floor):
+    if step <= warmup:
+        return peak * step / warmup
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup)))
+
+
+@pytest.mark.parametrize("spec, shape, warmup, formula", [
+    ("1e-2 -> 1e-3", "auto", 3, lambda s: _cosine(s, 8, 3, 1e-2, 1e-3)),
+    ("1e-2", "cosine", 0, lambda s: _cosine(s, 8, 0, 1e-2, 0.0)),
+    ("1e-2:4, 1e-3", "steps", 2, lambda s: (1e-2 if s <= 4 else 1e-3) * (s / 2 if s <= 2 else 1)),
+    ("2e-3", "constant", 4, lambda s: 2e-3 * min(1.0, s / 4)),
+])
+def test_recorded_learning_rates_follow_the_schedule(pack, sd1, spec, shape, warmup, formula):
+    """The rate the optimizer steps with, and the one the history records, at every step, is the
+    formula's (written out here): linear warmup, then the cosine / steps / constant shape."""
+    with optimizer_steps() as seen:
+        result = train(pack, sd1, steps=8, learning_rate=spec, lr_shape=shape, lr_warmup_steps=warmup)
+    expected = [formula(s) for s in range(1, 9)]
+    assert [s["lr"] for s in seen] == pytest.approx(expected, rel=1e-9)
+    assert result.history.learning_rate == pytest.approx(expected, rel=1e-9)
+    assert len(set(expected)) > 1 or shape == "constant"
+
+
+# ----------------------------------------------------------------------------- caption shaping
+
+
+TAGS = "red, round, shiny, metal, small"
+
+
+def _prompts_read(pack, sd1, **kw) -> list[tuple[int, ...]]:
+    """The token ids CLIP-L's embedding layer read, per training prompt (padding left out)."""
+    emb = sd1.clip.cond_stage_model.clip_l.transformer.text_model.embeddings.token_embedding
+    seen = []
+
+    def record(module, args):
+        if torch.is_grad_enabled():
+            for row in args[0].tolist():
+                seen.append(tuple(row[: row.index(49407) + 1] if 49407 in row else row))
+
+    with hooked(emb, record, pre=True):
+        train(pack, sd1, images=pictures(1), captions=TAGS, template="custom", custom_template="[name], [filewords]",
+              steps=8, **kw)
+    assert len(seen) == 8
+    return seen
+
+
+def _tag_ids(sd1) -> list[tuple[int, ...]]:
+    tokenizer = sd1.clip.tokenizer.clip_l.tokenizer
+    return [tuple(tokenizer(tag.strip())["input_ids"][1:-1]) for tag in TAGS.split(",")]
+
+
+def _contains(prompt, ids) -> bool:
+    return any(prompt[i:i + len(ids)] == ids for i in range(len(prompt)))
+
+
+def test_shuffle_tags_changes_the_order_the_text_encoder_reads_and_the_seed_fixes_it(pack, sd1):
+    plain = _prompts_read(pack, sd1)
+    assert len(set(plain)) == 1, "without shuffling every prompt is the same"
+    shuffled = _prompts_read(pack, sd1, shuffle_tags=True)
+    assert len(set(shuffled)) > 1, "shuffle_tags read the same order every step"
+    assert all(sorted(p) == sorted(plain[0]) for p in shuffled), "shuffling lost or added tokens"
+    assert _prompts_read(pack, sd1, shuffle_tags=True) == shuffled  # the seed fixes them
+    assert _prompts_read(pack, sd1, shuffle_tags=True, seed=1) != shuffled
+
+
+def test_tag_dropout_leaves_tags_out_and_the_seed_fixes_which(pack, sd1):
+    tags = _tag_ids(sd1)
+    plain = _prompts_read(pack, sd1)
+    assert all(_contains(plain[0], t) for t in tags)
+    dropped = _prompts_read(pack, sd1, tag_dropout=0.5)
+    kept = [sum(_contains(p, t) for t in tags) for p in dropped]
+    assert min(kept) < len(tags), kept  # some prompt lost tags
+    assert len(set(kept)) > 1, kept  # and not always the same number
+    assert all(len(p) < len(plain[0]) or k == len(tags) for p, k in zip(dropped, kept, strict=True))
+    assert _prompts_read(pack, sd1, tag_dropout=0.5) == dropped
+    assert _prompts_read(pack, sd1, tag_dropout=0.5, seed=3) != dropped
