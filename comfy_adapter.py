@@ -237,18 +237,41 @@ def embedding_slots(clip) -> list[Slot]:
     """Every tokenizer of a CLIP as `embedding:NAME` meets it: the key and width it reads from embedding
     files, whether it looks names up at all (it has an embeddings folder) and whether the CLIP loaded its
     encoder (SD3 without T5 keeps the T5 tokenizer but not the model)."""
+    slots = []
+    for attr, tok in _tokenizers(clip):
+        encoder = _encoder_model(clip, attr)
+        slots.append(Slot(tok.embedding_key, _input_width(tok, encoder), tok.embedding_directory is not None,
+                          encoder is not None))
+    return slots
+
+
+def _encoder_model(clip, tokenizer_attr: str):
+    # the encoder model beside a tokenizer: the same attribute name (clip_l, t5xxl, qwen3_4b), or without
+    # the clip_ prefix (PixArt/Chroma: tokenizer clip_t5xxl, model t5xxl); None when the CLIP lacks it
     model = clip.cond_stage_model
-    return [Slot(tok.embedding_key, int(tok.embedding_size), tok.embedding_directory is not None,
-                 getattr(model, attr, None) is not None) for attr, tok in _tokenizers(clip)]
+    for name in (tokenizer_attr, tokenizer_attr.removeprefix("clip_")):
+        encoder = getattr(model, name, None)
+        if encoder is not None:
+            return encoder
+    return None
+
+
+def _input_width(tok, encoder) -> int:
+    # ComfyUI drops spliced vectors whose width differs from the encoder's input embeddings (process_tokens);
+    # the tokenizer's embedding_size says the same for full-size models, not for small test models
+    transformer = getattr(encoder, "transformer", None)
+    table = transformer.get_input_embeddings() if hasattr(transformer, "get_input_embeddings") else None
+    weight = getattr(table, "weight", None)
+    return int(weight.shape[-1]) if isinstance(weight, torch.Tensor) else int(tok.embedding_size)
 
 
 def text_encoders(clip) -> list[Encoder]:
     """Every loaded text encoder of a CLIP (CLIP-L/H/G, T5, LLM encoders), for vocabulary look-ups."""
     out = []
     for attr, tok in _tokenizers(clip):
-        enc = getattr(clip.cond_stage_model, attr, None)
+        enc = _encoder_model(clip, attr)
         if enc is not None:
-            out.append(Encoder(tok.embedding_key, attr.removeprefix("clip_"), tok, enc, int(tok.embedding_size)))
+            out.append(Encoder(tok.embedding_key, attr.removeprefix("clip_"), tok, enc, _input_width(tok, enc)))
     return out
 
 

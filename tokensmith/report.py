@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .embedding import Embedding
+from .embedding import ENCODER_WIDTHS, Embedding
 
 
 def _num(x: float) -> float | None:
@@ -46,6 +46,10 @@ def inspect_report(emb: Embedding) -> dict:
                             "(it cannot be saved; use an earlier snapshot)")
         if s["zero_vectors"]:
             warnings.append(f"{enc}: {s['zero_vectors']} all-zero vector(s)")
+        usual = ENCODER_WIDTHS.get(enc)
+        if usual is not None and s["shape"][1] != usual:
+            warnings.append(f"{enc}: {s['shape'][1]} wide, where the {enc} encoders of the families TokenSmith "
+                            f"knows take {usual}: only a model of that width uses them")
     return {
         "name": emb.name,
         "format": emb.source_format,

@@ -73,11 +73,20 @@ def test_other_tools_keyless_files_are_labelled_by_width(key, width, tmp_path):
 
 
 def test_the_key_decides_not_the_width(tmp_path):
-    # 4096 is T5-XXL's width, but also that of other encoders: a file naming its key is read by that key only
-    path = tmp_path / "wrong.safetensors"
-    save_file({"qwen3_4b": golden.vectors(2, 4096)}, path)
-    with pytest.raises(EmbeddingFileError, match="qwen3_4b vectors are 2560 wide"):
-        read_embedding(path)
+    # A named key is that encoder whatever its width (ComfyUI's Cosmos reads 1024-wide t5xxl vectors, a
+    # 4096-wide file may be T5 or an LLM): read by the key, with a warning when the width is unusual.
+    path = tmp_path / "t5_1024.safetensors"
+    save_file({"t5xxl": golden.vectors(2, 1024)}, path)
+    emb = read_embedding(path)
+    assert emb.encoders == ("t5xxl",) and emb.family == "chroma"  # not clip_h, whose width it has
+    [warning] = inspect_report(emb)["warnings"]
+    assert warning.startswith("t5xxl: 1024 wide") and "4096" in warning
+    assert inspect_report(emb_of("chroma"))["warnings"] == []
+    # the CLIP encoders' widths are fixed: a clip_g key at another width is a damaged or mislabelled file
+    bad = tmp_path / "bad_g.safetensors"
+    save_file({"clip_l": golden.vectors(2, 768), "clip_g": golden.vectors(2, 1024)}, bad)
+    with pytest.raises(EmbeddingFileError, match="clip_g vectors are 1280 wide"):
+        read_embedding(bad)
 
 
 def test_pickled_file_order_is_kept_for_the_fallback(tmp_path):

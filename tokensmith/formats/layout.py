@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..embedding import ENCODER_WIDTHS, WIDTH_TO_ENCODER
+from ..embedding import CLIP_ENCODERS, ENCODER_WIDTHS, WIDTH_TO_ENCODER
 from ..errors import EmbeddingFileError
 
 BUNDLE_PREFIX = "bundle_emb."
@@ -104,7 +104,9 @@ def plan_flat(shapes: dict[str, tuple[int, ...]], path, *, name: str | None = No
     if encoder_keys:
         for key in encoder_keys:
             _, width = check_shape(shapes[key], path, f"tensor {key!r}")
-            if width != ENCODER_WIDTHS[key]:
+            # CLIP widths are fixed; the other keys name an encoder kind whose width varies between models
+            # (ComfyUI's Cosmos reads 1024-wide t5xxl vectors, SD3 and Flux 4096-wide ones): the key decides
+            if key in CLIP_ENCODERS and width != ENCODER_WIDTHS[key]:
                 raise EmbeddingFileError(path, f"tensor {key!r} has width {width}, but {key} vectors are "
                                          f"{ENCODER_WIDTHS[key]} wide")
         keys = {k: k for k in encoder_keys}
