@@ -44,6 +44,7 @@ from .tokensmith.comfy_reads import Slot
 from .tokensmith.embedding import family_of
 from .tokensmith.errors import EmbeddingNameError, FamilyMismatchError, TrainingError
 from .tokensmith.names import safe_join
+from .tokensmith.objective import Objective, objective_for
 
 log = logging.getLogger("tokensmith")
 
@@ -91,6 +92,7 @@ def check_host() -> list[str]:
     need(comfy.model_management, "soft_empty_cache", "comfy.model_management.soft_empty_cache")
     need(comfy.model_management, "throw_exception_if_processing_interrupted",
          "comfy.model_management.throw_exception_if_processing_interrupted")
+    need(comfy.model_management, "InterruptProcessingException", "comfy.model_management.InterruptProcessingException")
     need(comfy.model_sampling, "EPS", "comfy.model_sampling.EPS")
     need(comfy.model_sampling, "V_PREDICTION", "comfy.model_sampling.V_PREDICTION")
     need(comfy.model_base.BaseModel, "apply_model", "comfy.model_base.BaseModel.apply_model")
@@ -188,6 +190,12 @@ def prediction_type(model) -> str:
         f"this model samples with {type(sampling).__name__}: TokenSmith trains eps- and v-prediction models "
         "(SD1.x, SD2.x, SDXL) only"
     )
+
+
+def training_objective(model) -> Objective:
+    """The training loss for this model's sampling (tokensmith.objective), chosen from its own
+    model_sampling: a new kind of sampling maps to its Objective here and in prediction_type."""
+    return objective_for(prediction_type(model))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -672,6 +680,23 @@ def training_device(model) -> torch.device:
 
 def throw_if_interrupted() -> None:
     comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def is_interruption(exc: BaseException) -> bool:
+    """Whether an exception is ComfyUI's cancel (POST /interrupt), not a failure."""
+    return isinstance(exc, comfy.model_management.InterruptProcessingException)
+
+
+def progress_bar(total: int, node_id: str | None):
+    """ComfyUI's progress bar on a node (update_absolute(value, total))."""
+    import comfy.utils
+
+    return comfy.utils.ProgressBar(total, node_id=node_id)
+
+
+def training_graph(model, clip) -> contextlib.AbstractContextManager:
+    """trainable_graph over a MODEL's diffusion model and a CLIP's text encoders."""
+    return trainable_graph(model.model, clip.cond_stage_model)
 
 
 # ---------------------------------------------------------------------------------------------

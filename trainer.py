@@ -1,22 +1,24 @@
 """Textual-inversion training on the MODEL / CLIP / VAE that ComfyUI loaded.
 
-Data path (one direction): IMAGE batch -> checks -> VAE latents once per image -> prompt rows
-with vector slots -> text encoder + diffusion loss through the adapter -> AdamW on the vectors
-only -> schedule, clipping, NaN rollback, norm control -> validation / early stop, snapshots,
-previews, progress -> Embedding (best or last vectors) -> atomic safetensors in models/embeddings.
+Data path (one direction): pictures -> checks and buckets (tokensmith.training_data) -> VAE latents
+once per picture -> prompt rows with vector slots -> text encoder + diffusion model through the
+adapter -> the model's objective (tokensmith.objective: eps or v) -> AdamW on the vectors only ->
+schedule, clipping, NaN rollback, norm control -> validation / early stop, snapshots, previews,
+progress (trainer_report) -> Embedding (best or last vectors) -> atomic safetensors in
+models/embeddings; the optimizer state for resume_from in the run-state file (tokensmith.run_state).
 
-Only the vectors are learned; the shared model is never written (see comfy_adapter.trainable_graph).
-Every reach into ComfyUI goes through comfy_adapter.
+The parts: Trainer checks everything cheap up front (__init__), then run() sets a Session up (the
+run's data, prompt rows, precision, norm controls, reporting) and advances a Run (the vectors,
+optimizer, guards, history, step) one `_step` at a time. Only the vectors are learned; the shared
+model is never written (see comfy_adapter.trainable_graph). Every reach into ComfyUI goes through
+comfy_adapter.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import os
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,42 +30,32 @@ from .tokensmith.errors import EmbeddingFileError, FamilyMismatchError, Training
 from .tokensmith.formats import read_embedding
 from .tokensmith.history import TrainingHistory
 from .tokensmith.names import safe_join, validate_name
+from .tokensmith.run_state import RunState, read_run_state, write_run_state
 from .tokensmith.schedule import parse_schedule
-from .tokensmith.templates import render, shape_caption, split_captions, template_lines
+from .tokensmith.templates import render, shape_caption, template_lines
 from .tokensmith.train_config import TrainConfig
+from .tokensmith.training_data import LATENT_SCALE, Bucket, TrainingData, TrainingSet, ValidationBatch
 from .tokensmith.training_math import (
     EarlyStopper,
     NaNGuard,
     NormControl,
-    diffusion_loss,
     load_optimizer_state,
     make_optimizer,
     optimizer_state_to_tensors,
     spread_init_vectors,
     vector_norms,
 )
-from .tokensmith.writer import atomic_write_bytes, save_embedding
+from .tokensmith.writer import save_embedding
+from .trainer_report import Previewer, Reporter, TrainProgress, mean_norms, out_of_memory_advice
+
+__all__ = ["LATENT_SCALE", "TrainProgress", "TrainResult", "Trainer", "TrainingError", "state_path"]
 
 STATE_SUBFOLDER = "tokensmith_state"  # resume state lives in ComfyUI's output folder, never next to embeddings
 PROGRESS_EVERY_S = 0.5
 MAX_LEARNING_RATE = 1000.0  # beyond this AdamW's step size overflows float32 within a few steps
-LATENT_SCALE = 8  # pixels per latent along each side (the VAE of every family trained here)
 VALIDATION_BATCHES = 4  # validation runs this many training batches per forward pass (no gradients kept)
 # torch.OutOfMemoryError (any device) is torch 2.5+; older hosts raise the CUDA one
 OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-
-
-@dataclass
-class TrainProgress:
-    step: int
-    total: int
-    loss: float
-    lr: float
-    norms: dict[str, float]
-    val_loss: float | None = None
-    eta_s: float | None = None
-    preview: torch.Tensor | None = None
-    event: dict | None = None
 
 
 @dataclass
@@ -87,100 +79,111 @@ def _step_seed(seed: int, step: int, salt: int = 0) -> int:
     return (seed * 1_000_003 + step * 7_919 + salt) % (2**63)
 
 
+@dataclass
+class Session:
+    """What one run works with, set up once by run(): the data, prompt rows, precision, controls."""
+
+    data: TrainingSet
+    rows: adapter.PromptRows
+    autocast: contextlib.AbstractContextManager
+    scaler: torch.amp.GradScaler | None
+    norm_controls: dict[str, NormControl]
+    reporter: Reporter
+    preview: Previewer
+    validation: list[ValidationBatch] | None
+
+
+@dataclass
+class Run:
+    """The state a step advances: the vectors, their optimizer and guards, the history, the step."""
+
+    params: dict[str, torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    guard: NaNGuard
+    stopper: EarlyStopper | None
+    history: TrainingHistory
+    start_step: int = 0
+    step: int = 0
+    attempt: int = 0  # retries of the current step after a rollback (each draws other data)
+    stopped_early: bool = False
+    previews: list[torch.Tensor] = field(default_factory=list)
+
+
 class Trainer:
-    def __init__(self, model, clip, vae, images: torch.Tensor | None, config: TrainConfig, *,
-                 masks: torch.Tensor | None = None, latents: torch.Tensor | None = None, captions: str = "",
-                 resume_from: str = "", overwrite: bool = False,
+    def __init__(self, model, clip, vae, images, config: TrainConfig, *, masks=None, latents=None,
+                 captions: str = "", resume_from: str = "", overwrite: bool = False,
                  on_progress: Callable[[TrainProgress], None] | None = None):
         self.model, self.clip, self.vae = model, clip, vae
         self.cfg = config.validate()
         self.overwrite = overwrite
         self.on_progress = on_progress or (lambda p: None)
-        self.given_latents = None
-        self.images = None
         if latents is not None:
             # Precomputed latents (e.g. from VAEEncode) replace the images; the VAE is not needed.
-            self.given_latents = self._check_latents(latents)
-            count, _, h, w = self.given_latents.shape
-            self.pixel_size = (int(h) * LATENT_SCALE, int(w) * LATENT_SCALE)
+            self.data = TrainingData.from_latents(latents, masks, captions)
         elif vae is None:
             raise TrainingError("connect a VAE (it encodes the images once), or give latents instead of images")
         else:
-            self.images, masks = self._check_images(images, masks)
-            count = self.images.shape[0]
-            self.pixel_size = (int(self.images.shape[1]), int(self.images.shape[2]))
-        self.masks = self._check_masks(masks, count, self.pixel_size)
-        self.captions = split_captions(captions, count)
+            self.data = TrainingData.from_images(images, masks, captions, resolution=self.cfg.resolution,
+                                                 family=adapter.model_family(model),
+                                                 crop_to_multiple_of_8=self.cfg.crop_to_multiple_of_8)
         self.templates = template_lines(self.cfg.template, self.cfg.custom_template)
-        self.schedule = parse_schedule(self.cfg.learning_rate, self.cfg.steps, self.cfg.lr_warmup_steps,
-                                       self.cfg.schedule_shape())
-        top_rate = max([r for r, _ in self.schedule.points] + [self.schedule.floor])
+        self.schedule = self._check_schedule()
+        self.family = self._check_family()
+        self.objective = adapter.training_objective(model)
+        self.prediction = self.objective.kind
+        self.encoders = adapter.encoders_of(clip)
+        self.device = adapter.training_device(model)
+        self.resume_from = resume_from.strip()
+        self.resume_name: str | None = None  # the resumed embedding's name, without extension
+        self.resume_path = self._check_resume() if self.resume_from else None
+        self._check_targets()
+        self.session: Session | None = None  # the last run's (validation_loss uses it afterwards)
+
+    # ---------------------------------------------------------------- the checked inputs
+
+    @property
+    def pixel_size(self) -> tuple[int, int]:
+        """The main bucket's size (previews are sampled at it)."""
+        return self.data.pixel_size
+
+    @property
+    def captions(self) -> list[str]:
+        return self.data.captions
+
+    @property
+    def masks(self):
+        return self.data.masks
+
+    def _one_bucket(self) -> Bucket:
+        buckets = self.session.data.buckets
+        if len(buckets) != 1:
+            raise TrainingError(f"this run has {len(buckets)} buckets: read session.data.buckets")
+        return buckets[0]
+
+    @property
+    def latent_mean(self) -> torch.Tensor:
+        return self._one_bucket().mean
+
+    @property
+    def latent_std(self) -> torch.Tensor:
+        return self._one_bucket().std
+
+    @property
+    def latent_masks(self) -> torch.Tensor | None:
+        return self._one_bucket().masks
+
+    # ---------------------------------------------------------------- checks (cheap, before any work)
+
+    def _check_schedule(self):
+        schedule = parse_schedule(self.cfg.learning_rate, self.cfg.steps, self.cfg.lr_warmup_steps,
+                                  self.cfg.schedule_shape())
+        top_rate = max([r for r, _ in schedule.points] + [schedule.floor])
         if top_rate > MAX_LEARNING_RATE:
             raise TrainingError(
                 f"learning rate {top_rate:g} is far too large (textual inversion works around 1e-3 .. 5e-2; "
                 f"the limit is {MAX_LEARNING_RATE:g})"
             )
-        self.family = self._check_family()
-        self.prediction = adapter.prediction_type(model)
-        self.encoders = adapter.encoders_of(clip)
-        self.resume_from = resume_from.strip()
-        self.resume_name: str | None = None  # the resumed embedding's name, without extension
-        self.resume_path = self._check_resume() if self.resume_from else None
-        self._check_targets()
-
-    # ---------------------------------------------------------------- checks (cheap, before any work)
-
-    def _check_images(self, images, masks):
-        """The images, checked and (with crop_to_multiple_of_8) centre-cropped, and the masks cropped alike."""
-        if images is None or not torch.is_tensor(images) or images.dim() != 4 or images.shape[0] == 0:
-            raise TrainingError("no images: connect an IMAGE batch with at least one picture (e.g. from Load Image or a dataset loader)")
-        if images.shape[-1] < 3:
-            raise TrainingError(f"images need 3 colour channels, got {images.shape[-1]}")
-        if not torch.isfinite(images).all():
-            raise TrainingError("the images contain NaN or infinite values: check the nodes that produce them")
-        h, w = images.shape[1], images.shape[2]
-        if h % 8 or w % 8:
-            if not self.cfg.crop_to_multiple_of_8:
-                raise TrainingError(
-                    f"image size {w}x{h} is not a multiple of 8 (the VAE's scale): resize or crop the images, "
-                    "or turn on crop_to_multiple_of_8"
-                )
-            h, w = h - h % 8, w - w % 8
-            if h == 0 or w == 0:
-                raise TrainingError("images are smaller than 8 pixels")
-            top, left = (images.shape[1] - h) // 2, (images.shape[2] - w) // 2
-            if masks is not None and tuple(masks.shape[-2:]) == tuple(images.shape[1:3]):
-                masks = masks[..., top:top + h, left:left + w]  # the same crop, so masks stay aligned
-            images = images[:, top:top + h, left:left + w]
-        return images, masks
-
-    @staticmethod
-    def _check_masks(masks, count: int, pixel_size: tuple[int, int]):
-        """One mask per picture at the pictures' pixel size (one mask for all is repeated), or None."""
-        if masks is None:
-            return None
-        if masks.dim() == 2:
-            masks = masks.unsqueeze(0)
-        if masks.dim() != 3 or tuple(masks.shape[-2:]) != tuple(pixel_size) or masks.shape[0] not in (1, count):
-            raise TrainingError(
-                f"mask shape {list(masks.shape)} does not fit images {[count, *pixel_size]}: give one mask per "
-                "image (or one for all) of the same height and width"
-            )
-        if not torch.isfinite(masks).all() or (masks < 0).any():
-            raise TrainingError("masks must be finite and non-negative (they weight the loss per pixel)")
-        if masks.shape[0] == 1:
-            masks = masks.expand(count, -1, -1)
-        if (masks.flatten(1).sum(1) == 0).any():
-            raise TrainingError("a mask is all zero: that image would teach nothing; fix or remove it")
-        return masks
-
-    def _check_latents(self, latents) -> torch.Tensor:
-        samples = latents["samples"] if isinstance(latents, dict) else latents
-        if not torch.is_tensor(samples) or samples.dim() != 4 or samples.shape[0] == 0:
-            raise TrainingError("latents must be a LATENT batch [B, C, H, W] with at least one item")
-        if not torch.isfinite(samples).all():
-            raise TrainingError("the latents contain NaN or infinite values")
-        return samples
+        return schedule
 
     def _check_family(self) -> str:
         model_fam = adapter.model_family(self.model)
@@ -204,7 +207,7 @@ class Trainer:
             stem, ext = self.resume_from, ""
         self.resume_name = validate_name(stem)
         candidates = [self.resume_from] if ext else [stem + e for e in (".safetensors", ".pt", ".bin")]
-        path = next((p for c in candidates if (p := adapter.embedding_path(c, refuse_outside=True)) is not None), None)
+        path = next((p for p in map(adapter.embedding_path, candidates) if p is not None), None)
         if path is None:
             raise TrainingError(f"resume_from: no embedding named {self.resume_from!r} in the embeddings folders")
         # the only check of the file's shapes: _load_resume copies its vectors as they are
@@ -224,53 +227,30 @@ class Trainer:
         if target.exists() and not self.overwrite and self.resume_name != self.cfg.name:
             raise EmbeddingFileError(target, "an embedding with this name exists: turn on overwrite, or choose another name")
 
-    # ---------------------------------------------------------------- data
+    # ---------------------------------------------------------------- setting a run up
 
-    def _prepare_latents(self) -> None:
-        """The run's training data, from the checked inputs (which stay as given: a second run sees the same)."""
-        images, masks, captions = self.images, self.masks, self.captions
-        if self.cfg.flip:
-            images = None if images is None else torch.cat([images, images.flip(2)])
-            masks = None if masks is None else torch.cat([masks, masks.flip(2)])
-            captions = captions * 2
-        self.train_captions = captions
-        if self.given_latents is not None:
-            mean = self.given_latents
-            if self.cfg.flip:
-                mean = torch.cat([mean, mean.flip(3)])
-            std = torch.zeros_like(mean)
-        else:
-            mean, std = adapter.encode_distribution(self.vae, images,
-                                                    spread=self.cfg.latent_sampling != "deterministic")
-        with torch.inference_mode(False):
-            self.latent_mean = mean.clone().float()
-            self.latent_std = std.clone().float()
-            if self.cfg.latent_sampling == "once":
-                gen = torch.Generator().manual_seed(_step_seed(self.cfg.seed, 0, 1))
-                self.latent_mean = self.latent_mean + self.latent_std * torch.randn(mean.shape, generator=gen)
-            self.latent_masks = None
-            if masks is not None:
-                m = masks.clone().float().unsqueeze(1)
-                self.latent_masks = torch.nn.functional.interpolate(m, size=mean.shape[-2:], mode="area")
+    def _training_set(self) -> TrainingSet:
+        """The run's data from the checked inputs (which stay as given: a second run sees the same)."""
+        cfg = self.cfg
+        once = torch.Generator().manual_seed(_step_seed(cfg.seed, 0, 1)) if cfg.latent_sampling == "once" else None
 
-    def _latents(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        x = self.latent_mean[idx]
-        if self.cfg.latent_sampling == "random":
-            x = x + self.latent_std[idx] * torch.randn(x.shape, generator=gen)
-        return adapter.process_latents_in(self.model, x.to(self.device))
+        def encode(pixels, spread):
+            return adapter.encode_distribution(self.vae, pixels, spread=spread)
 
-    def _prompt(self, image_index: int, rng: random.Random, shaped: bool = True) -> str:
-        template = self.templates[rng.randrange(len(self.templates))]
-        caption = self.train_captions[image_index]
-        if shaped:
-            caption = shape_caption(caption, rng, self.cfg.shuffle_tags, self.cfg.tag_dropout)
-        return render(template, caption)
+        return self.data.prepared(None if self.data.latent_input else encode, flip=cfg.flip,
+                                  spread=cfg.latent_sampling != "deterministic", sample_once=once)
 
-    # ---------------------------------------------------------------- vectors
-
-    def _init_vectors(self) -> dict[str, torch.Tensor]:
-        tokens = adapter.text_to_vectors(self.clip, self.cfg.init_text)
-        return {k: spread_init_vectors(v, self.cfg.num_vectors) for k, v in tokens.items()}
+    def _autocast(self):
+        precision = self.cfg.precision
+        device_type = self.device.type
+        if precision == "auto":
+            precision = "fp32" if device_type == "cpu" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+        if precision == "fp32":
+            return contextlib.nullcontext(), None
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        # fp16's narrow range needs loss scaling on any device (torch has a CPU GradScaler too)
+        scaler = torch.amp.GradScaler(device_type) if dtype == torch.float16 else None
+        return torch.autocast(device_type=device_type, dtype=dtype), scaler
 
     def _norm_control(self) -> dict[str, NormControl]:
         out = {}
@@ -285,63 +265,86 @@ class Trainer:
                 out[enc.key] = NormControl("clamp", self.cfg.max_norm or float(norms.max()))
         return out
 
-    # ---------------------------------------------------------------- maths
+    def _init_vectors(self) -> dict[str, torch.Tensor]:
+        tokens = adapter.text_to_vectors(self.clip, self.cfg.init_text)
+        return {k: spread_init_vectors(v, self.cfg.num_vectors) for k, v in tokens.items()}
 
-    def _autocast(self):
-        precision = self.cfg.precision
-        device_type = self.device.type
-        if precision == "auto":
-            precision = "fp32" if device_type == "cpu" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
-        if precision == "fp32":
-            return contextlib.nullcontext(), None
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        # fp16's narrow range needs loss scaling on any device (torch has a CPU GradScaler too)
-        scaler = torch.amp.GradScaler(device_type) if dtype == torch.float16 else None
-        return torch.autocast(device_type=device_type, dtype=dtype), scaler
+    def _prompt(self, data: TrainingSet, picture: int, rng: random.Random, shaped: bool = True) -> str:
+        template = self.templates[rng.randrange(len(self.templates))]
+        caption = data.captions[picture]
+        if shaped:
+            caption = shape_caption(caption, rng, self.cfg.shuffle_tags, self.cfg.tag_dropout)
+        return render(template, caption)
 
-    def _loss(self, params, prompts: list[str], idx: torch.Tensor, gen: torch.Generator,
+    def _validation_set(self, data: TrainingSet) -> list[ValidationBatch]:
+        gen = torch.Generator().manual_seed(_step_seed(self.cfg.seed, 0, 2))
+        rng = random.Random(_step_seed(self.cfg.seed, 0, 3))
+        # no activations are kept without gradients, so validation runs a few training batches at once
+        per_pass = max(1, self.cfg.batch_size) * VALIDATION_BATCHES
+        return data.validation_batches(self.cfg.validation_samples, per_pass, gen,
+                                       lambda n: self._prompt(data, n, rng, shaped=False))
+
+    def _session(self, start_step: int) -> Session:
+        data = self._training_set()
+        rows = adapter.PromptRows(self.clip, self.cfg.num_vectors)
+        autocast, scaler = self._autocast()
+        reporter = Reporter(self.on_progress, self.cfg.steps, start_step, PROGRESS_EVERY_S)
+        preview = Previewer(self.model, self.clip, self.vae, rows, self.encoders, self.cfg, self.pixel_size)
+        validation = self._validation_set(data) if self.cfg.validate_every else None
+        return Session(data, rows, autocast, scaler, self._norm_control(), reporter, preview, validation)
+
+    def _new_run(self) -> Run:
+        with torch.inference_mode(False):
+            init = self._init_vectors()
+            params = {k: torch.nn.Parameter(v.to(self.device, torch.float32).clone()) for k, v in init.items()}
+            optimizer = make_optimizer(list(params.values()), self.schedule.value(1))
+            guard = NaNGuard(list(params.values()), optimizer, max_consecutive=5)
+            stopper = EarlyStopper(self.cfg.early_stop_patience) if self.cfg.early_stop_patience else None
+            run = Run(params, optimizer, guard, stopper, TrainingHistory())
+            if self.resume_from:
+                run.start_step = run.step = self._load_resume(run)
+        if run.start_step >= self.cfg.steps:
+            raise TrainingError(f"resume_from is already at step {run.start_step}; set steps above that to train further")
+        return run
+
+    # ---------------------------------------------------------------- the loss
+
+    def _latents(self, bucket: Bucket, positions: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        x = bucket.mean[positions]
+        if self.cfg.latent_sampling == "random":
+            x = x + bucket.std[positions] * torch.randn(x.shape, generator=gen)
+        return adapter.process_latents_in(self.model, x.to(self.device))
+
+    def _loss(self, params, prompts: list[str], bucket: Bucket, positions: torch.Tensor, gen: torch.Generator,
               u: torch.Tensor | None = None, noise: torch.Tensor | None = None, weighted: bool = True) -> torch.Tensor:
-        token_sets = [adapter.fill_slots(self.rows.tokens(prompt), params, self.encoders) for prompt in prompts]
+        rows = self.session.rows
+        token_sets = [adapter.fill_slots(rows.tokens(prompt), params, self.encoders) for prompt in prompts]
         cond, pooled = adapter.encode_batch(self.clip, token_sets)
         cond = cond.to(self.device)
         pooled = None if pooled is None else pooled.to(self.device)
-        x0 = self._latents(idx, gen)
+        x0 = self._latents(bucket, positions, gen)
         if u is None:
-            u = torch.rand(len(idx), generator=gen)
+            u = torch.rand(len(positions), generator=gen)
         if noise is None:
             noise = torch.randn(x0.shape, generator=gen)
         sigmas = adapter.sample_sigmas(self.model, u).to(self.device)
         xt = adapter.noisy_latents(self.model, sigmas, noise.to(self.device), x0)
-
-        x0_pred = adapter.denoise(self.model, xt, sigmas, cond, pooled, self.pixel_size)
-        mask = None if self.latent_masks is None else self.latent_masks[idx].to(self.device)
-        return diffusion_loss(x0_pred.float(), x0.float(), sigmas, self.prediction, mask=mask,
-                              min_snr_gamma=(self.cfg.min_snr_gamma or None) if weighted else None)
-
-    def _validation_set(self):
-        gen = torch.Generator().manual_seed(_step_seed(self.cfg.seed, 0, 2))
-        rng = random.Random(_step_seed(self.cfg.seed, 0, 3))
-        count = self.cfg.validation_samples
-        n_images = self.latent_mean.shape[0]
-        idx = torch.arange(count) % n_images
-        prompts = [self._prompt(int(i), rng, shaped=False) for i in idx]
-        u = (torch.arange(count, dtype=torch.float32) + 0.5) / count  # spread evenly over the noise levels
-        noise = torch.randn((count, *self.latent_mean.shape[1:]), generator=gen)
-        return idx, prompts, u, noise
+        x0_pred = adapter.denoise(self.model, xt, sigmas, cond, pooled, bucket.size)
+        mask = None if bucket.masks is None else bucket.masks[positions].to(self.device)
+        return self.objective.loss(x0_pred, x0, sigmas, mask=mask,
+                                   min_snr_gamma=(self.cfg.min_snr_gamma or None) if weighted else None)
 
     def validation_loss(self, params) -> float:
-        idx, prompts, u, noise = self.val_set
-        total = 0.0
-        # no activations are kept without gradients, so validation runs a few training batches at once
-        bs = max(1, self.cfg.batch_size) * VALIDATION_BATCHES
+        """The fixed validation set's loss for these vectors (after run() has set it up)."""
+        total, count = 0.0, 0
         with torch.no_grad():
-            for start in range(0, len(idx), bs):
-                sl = slice(start, start + bs)
+            for batch in self.session.validation:
                 # unweighted (no min-SNR): the score must not depend on how the training loss is weighted
-                loss = self._loss(params, prompts[sl], idx[sl], torch.Generator(), u=u[sl], noise=noise[sl],
-                                  weighted=False)
-                total += float(loss) * len(idx[sl])
-        return total / len(idx)
+                loss = self._loss(params, batch.prompts, batch.bucket, batch.positions, torch.Generator(),
+                                  u=batch.u, noise=batch.noise, weighted=False)
+                total += float(loss) * len(batch.positions)
+                count += len(batch.positions)
+        return total / count
 
     # ---------------------------------------------------------------- saving
 
@@ -358,66 +361,51 @@ class Trainer:
                               extra_metadata={"step": str(step)})
         return str(path)
 
-    def _save_state(self, params, optimizer, step: int, guard: NaNGuard, stopper, history: TrainingHistory) -> None:
-        import safetensors.torch
+    def _save_state(self, run: Run) -> None:
+        tensors, meta_json = optimizer_state_to_tensors(run.optimizer)
+        stopper = run.stopper
+        write_run_state(state_path(self.cfg.name), RunState(
+            step=run.step, vectors=run.params, optimizer_tensors=tensors, optimizer_meta=meta_json,
+            lr_factor=run.guard.lr_factor, rollbacks=run.guard.rollbacks,
+            best_loss=None if stopper is None else stopper.best_loss,
+            best_step=None if stopper is None else stopper.best_step,
+            bad_evaluations=0 if stopper is None else stopper.bad_evaluations,
+            best_vectors=(stopper.best_vectors or {}) if stopper is not None else {},
+            history=run.history, family=self.family))
 
-        tensors, meta_json = optimizer_state_to_tensors(optimizer)
-        out = {f"optimizer.{k}": v.contiguous() for k, v in tensors.items()}
-        out.update({f"vectors.{k}": v.detach().float().cpu().contiguous() for k, v in params.items()})
-        if stopper is not None and stopper.best_vectors is not None:
-            out.update({f"best.{k}": v.float().cpu().contiguous() for k, v in stopper.best_vectors.items()})
-        info = {
-            "step": step, "lr_factor": guard.lr_factor, "rollbacks": guard.rollbacks,
-            "best_loss": None if stopper is None or not math.isfinite(stopper.best_loss) else stopper.best_loss,
-            "best_step": None if stopper is None else stopper.best_step,
-            "bad_evaluations": 0 if stopper is None else stopper.bad_evaluations,
-        }
-        data = safetensors.torch.save(out, metadata={"optimizer": meta_json, "state": json.dumps(info),
-                                                     "history": history.to_json(), "family": self.family})
-        path = state_path(self.cfg.name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        atomic_write_bytes(path, data, overwrite=True)
-
-    def _load_resume(self, params, optimizer, guard: NaNGuard, stopper, history: TrainingHistory) -> int:
+    def _load_resume(self, run: Run) -> int:
         """Continue from an embedding (and its optimizer state when present); returns the step reached."""
-        from safetensors import safe_open
-
         emb = read_embedding(self.resume_path)  # its shapes were checked in _check_resume
         state_file = state_path(self.resume_name)
         step = int(emb.step or 0)
-        with torch.no_grad():
-            for k, p in params.items():
-                p.copy_(emb.vectors[k].to(p.device, p.dtype))
+        self._copy_vectors(run.params, emb.vectors)
         if not os.path.isfile(state_file):
-            history.event(step, "resumed", optimizer_state=False)
+            run.history.event(step, "resumed", optimizer_state=False)
             return step
-        with safe_open(state_file, framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        info = json.loads(meta.get("state", "{}"))
-        step = int(info.get("step", step))
+        state = read_run_state(state_file, default_step=step)
+        self._copy_vectors(run.params, state.vectors)
+        load_optimizer_state(run.optimizer, state.optimizer_tensors, state.optimizer_meta)
+        run.guard.lr_factor = state.lr_factor
+        run.guard.snapshot()
+        if run.stopper is not None and state.best_loss is not None:
+            run.stopper.best_loss = float(state.best_loss)
+            run.stopper.best_step = state.best_step
+            run.stopper.bad_evaluations = state.bad_evaluations
+            run.stopper.best_vectors = state.best_vectors or None
+        if state.history is not None:
+            for name in TrainingHistory.__dataclass_fields__:
+                getattr(run.history, name).extend(getattr(state.history, name))
+        run.history.event(state.step, "resumed", optimizer_state=True)
+        return state.step
+
+    @staticmethod
+    def _copy_vectors(params, vectors) -> None:
         with torch.no_grad():
             for k, p in params.items():
-                if f"vectors.{k}" in tensors:
-                    p.copy_(tensors[f"vectors.{k}"].to(p.device, p.dtype))
-        opt_tensors = {k[len("optimizer."):]: v for k, v in tensors.items() if k.startswith("optimizer.")}
-        load_optimizer_state(optimizer, opt_tensors, meta["optimizer"])
-        guard.lr_factor = float(info.get("lr_factor", 1.0))
-        guard.snapshot()
-        if stopper is not None and info.get("best_loss") is not None:
-            stopper.best_loss = float(info["best_loss"])
-            stopper.best_step = info.get("best_step")
-            stopper.bad_evaluations = int(info.get("bad_evaluations", 0))
-            best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
-            stopper.best_vectors = best or None
-        if meta.get("history"):
-            old = TrainingHistory.from_json(meta["history"])
-            for name in TrainingHistory.__dataclass_fields__:
-                getattr(history, name).extend(getattr(old, name))
-        history.event(step, "resumed", optimizer_state=True)
-        return step
+                if k in vectors:
+                    p.copy_(vectors[k].to(p.device, p.dtype))
 
-    # ---------------------------------------------------------------- the loop
+    # ---------------------------------------------------------------- the run
 
     def run(self) -> TrainResult:
         try:
@@ -428,174 +416,145 @@ class Trainer:
         raise TrainingError(self._out_of_memory_advice())
 
     def _out_of_memory_advice(self) -> str:
-        cfg = self.cfg
-        h, w = self.pixel_size
-        device = getattr(self, "device", None)
-        tips = []
-        if not cfg.gradient_checkpointing:
-            tips.append("turn on gradient_checkpointing (it keeps a small part of the activations for a "
-                        "slower step)")
-        if cfg.batch_size > 1:
-            tips.append(f"lower batch_size ({cfg.batch_size}; gradient_accumulation keeps the effective batch)")
-        tips.append("train on smaller images")
-        if cfg.precision == "fp32":
-            tips.append("use precision auto (bf16 or fp16)")
-        where = "the GPU" if device is None or device.type == "cuda" else f"the {device.type} device"
-        return (f"{where} ran out of memory while training (batch {cfg.batch_size}, {w}x{h} px, precision "
-                f"{cfg.precision}): " + "; ".join(tips) + f". The model is unchanged and {cfg.name} was not saved.")
+        return out_of_memory_advice(self.cfg, self.pixel_size, self.device)
 
     def _run(self) -> TrainResult:
-        cfg = self.cfg
-        self.device = adapter.training_device(self.model)
-        self._prepare_latents()
-        self.val_set = self._validation_set() if cfg.validate_every else None
-        history = TrainingHistory()
-        previews: list[torch.Tensor] = []
-        autocast, scaler = self._autocast()
-        norm_controls = self._norm_control()
-        self.rows = adapter.PromptRows(self.clip, cfg.num_vectors)
+        run = None
+        self.session = None
         try:
-            with torch.inference_mode(False):
-                init = self._init_vectors()
-                params = {k: torch.nn.Parameter(v.to(self.device, torch.float32).clone()) for k, v in init.items()}
-                optimizer = make_optimizer(list(params.values()), self.schedule.value(1))
-                guard = NaNGuard(list(params.values()), optimizer, max_consecutive=5)
-                stopper = EarlyStopper(cfg.early_stop_patience) if cfg.early_stop_patience else None
-                start_step = self._load_resume(params, optimizer, guard, stopper, history) if self.resume_from else 0
-            if start_step >= cfg.steps:
-                raise TrainingError(f"resume_from is already at step {start_step}; set steps above that to train further")
-            result = self._loop(params, optimizer, guard, stopper, norm_controls, history, previews, autocast, scaler,
-                                start_step)
+            run = self._new_run()
+            self.session = self._session(run.start_step)
+            self._train(self.session, run)
         finally:
-            self.rows.close()
-        return result
+            if self.session is not None:
+                self.session.rows.close()
+        return self._finish(self.session, run)
 
-    def _loop(self, params, optimizer, guard, stopper, norm_controls, history, previews, autocast, scaler, start_step):
-        cfg = self.cfg
-        n_images = self.latent_mean.shape[0]
-        step = start_step
-        started = time.monotonic()
-        last_report = 0.0
-        stopped_early = False
-        val_loss = None
-        attempt = 0
+    def _train(self, s: Session, run: Run) -> None:
         adapter.load_for_training(self.model, self.clip)
-        if self.val_set is not None and start_step == 0:
-            with torch.inference_mode(False), adapter.trainable_graph(self.model.model, self.clip.cond_stage_model):
-                val_loss = self.validation_loss(params)
-            history.record_validation(0, val_loss)
-            if stopper is not None:
-                stopper.update(0, val_loss, params)
-        while step < cfg.steps:
-            segment_end = cfg.steps
-            if cfg.preview_every:
-                segment_end = min(segment_end, (step // cfg.preview_every + 1) * cfg.preview_every)
-            adapter.load_for_training(self.model, self.clip)
-            checkpointing = adapter.checkpointed_unet(self.model) if cfg.gradient_checkpointing else contextlib.nullcontext()
-            with torch.inference_mode(False), adapter.trainable_graph(self.model.model, self.clip.cond_stage_model), \
-                    checkpointing:
-                while step < segment_end:
-                    next_step = step + 1
-                    # a step retried after a rollback draws other data (the same batch would fail again)
-                    gen = torch.Generator().manual_seed(_step_seed(cfg.seed, next_step, 101 * attempt))
-                    rng = random.Random(_step_seed(cfg.seed, next_step, 5 + 101 * attempt))
-                    lr = self.schedule.value(next_step) * guard.lr_factor
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    optimizer.zero_grad(set_to_none=True)
-                    total = 0.0
-                    for _ in range(cfg.gradient_accumulation):
-                        adapter.throw_if_interrupted()
-                        idx = torch.randint(0, n_images, (cfg.batch_size,), generator=gen)
-                        prompts = [self._prompt(int(i), rng) for i in idx]
-                        with autocast:
-                            loss = self._loss(params, prompts, idx, gen) / cfg.gradient_accumulation
-                        (scaler.scale(loss) if scaler else loss).backward()
-                        total += float(loss.detach())
-                    if scaler:
-                        scaler.unscale_(optimizer)
-                    status = guard.check(total, loss_scaled=scaler is not None)
-                    if status == NaNGuard.OVERFLOW:
-                        # fp16 loss-scale overflow: the scaler skips this step and halves its scale;
-                        # the same batch is tried again at the lower scale
-                        scaler.step(optimizer)
-                        scaler.update()
-                        history.event(next_step, "fp16_overflow", scale=float(scaler.get_scale()))
-                        continue
-                    if status != NaNGuard.OK:
-                        attempt += 1
-                        history.event(next_step, "rollback", lr_factor=guard.lr_factor)
-                        self._report(next_step, total, lr, params, None, started, start_step, event=history.events[-1])
-                        if scaler:
-                            scaler.update()
-                        continue  # the same step is tried again from the last good vectors
-                    if cfg.clip_mode == "norm" and cfg.clip_value > 0:
-                        torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.clip_value)
-                    elif cfg.clip_mode == "value" and cfg.clip_value > 0:
-                        torch.nn.utils.clip_grad_value_(list(params.values()), cfg.clip_value)
-                    if scaler:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    for key, p in params.items():
-                        norm_controls[key].apply(p.data)
-                    step = next_step
-                    attempt = 0
-                    norms = {k: float(vector_norms(p).mean()) for k, p in params.items()}
-                    history.record(step, total, lr, sum(norms.values()) / len(norms))
-                    val_loss = None
-                    if self.val_set is not None and (step % cfg.validate_every == 0 or step == cfg.steps):
-                        val_loss = self.validation_loss(params)
-                        history.record_validation(step, val_loss)
-                        if stopper is not None:
-                            stopper.update(step, val_loss, params)
-                    if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
-                        snap = f"{cfg.name}-step{step:05d}"
-                        self._save(params, step, snap)
-                        history.event(step, "snapshot", name=snap)
-                    now = time.monotonic()
-                    if now - last_report >= PROGRESS_EVERY_S or val_loss is not None or step == cfg.steps:
-                        last_report = now
-                        self._report(step, total, lr, params, val_loss, started, start_step)
-                    if stopper is not None and stopper.should_stop:
-                        stopped_early = True
-                        history.event(step, "early_stop", best_step=stopper.best_step)
-                        self._report(step, total, lr, params, val_loss, started, start_step, event=history.events[-1])
-                        break
-            if stopped_early:
+        if s.validation is not None and run.start_step == 0:
+            with torch.inference_mode(False), adapter.training_graph(self.model, self.clip):
+                self._validate(run, 0)
+        while run.step < self.cfg.steps and not run.stopped_early:
+            self._segment(s, run)
+            if run.stopped_early:
                 break
-            if cfg.preview_every and step % cfg.preview_every == 0 and step < cfg.steps:
-                image = self._preview(params)
-                previews.append(image)
-                self._report(step, history.loss[-1], history.learning_rate[-1], params, None, started, start_step,
-                             preview=image)
-        # the state that a resume continues from is the last step's, not the best one's
-        self._save_state(params, optimizer, step, guard, stopper, history)
-        final = params
-        best_step = step
-        if stopper is not None and stopper.best_vectors is not None:
-            final = stopper.best_vectors
-            best_step = stopper.best_step
-        path = self._save(final, step, cfg.name)
-        history.event(step, "saved", name=cfg.name, best_step=best_step)
+            if self.cfg.preview_every and run.step % self.cfg.preview_every == 0 and run.step < self.cfg.steps:
+                image = s.preview(run.params)
+                run.previews.append(image)
+                s.reporter.report(run.step, run.history.loss[-1], run.history.learning_rate[-1], run.params,
+                                  preview=image)
+
+    def _segment(self, s: Session, run: Run) -> None:
+        """Steps up to the next preview (or the end), in one training graph."""
+        cfg = self.cfg
+        end = cfg.steps
         if cfg.preview_every:
-            previews.append(self._preview(final))
-        emb = self._embedding(final, step, cfg.name)
-        return TrainResult(emb, history, path, previews, best_step, stopped_early, step - start_step)
+            end = min(end, (run.step // cfg.preview_every + 1) * cfg.preview_every)
+        adapter.load_for_training(self.model, self.clip)
+        checkpointing = adapter.checkpointed_unet(self.model) if cfg.gradient_checkpointing else contextlib.nullcontext()
+        with torch.inference_mode(False), adapter.training_graph(self.model, self.clip), checkpointing:
+            while run.step < end and not run.stopped_early:
+                self._step(s, run)
 
-    def _preview(self, params) -> torch.Tensor:
-        with torch.inference_mode():
-            vectors = {k: v.detach().clone() for k, v in params.items()}
-            tokens = adapter.fill_slots(self.rows.tokens(self.cfg.preview_prompt), vectors, self.encoders)
-            negative = self.rows.tokens("")
-            h, w = self.pixel_size
-            return adapter.sample_preview(self.model, self.clip, self.vae, tokens, negative, self.cfg.preview_seed,
-                                          self.cfg.preview_steps, 6.0, h, w)
+    def _step(self, s: Session, run: Run) -> bool:
+        """One optimizer step over gradient_accumulation batches; False when it must be tried again
+        (fp16 overflow: the same batch at a lower scale; NaN: other data from the last good vectors)."""
+        next_step = run.step + 1
+        # a step retried after a rollback draws other data (the same batch would fail again)
+        gen = torch.Generator().manual_seed(_step_seed(self.cfg.seed, next_step, 101 * run.attempt))
+        rng = random.Random(_step_seed(self.cfg.seed, next_step, 5 + 101 * run.attempt))
+        lr = self.schedule.value(next_step) * run.guard.lr_factor
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        run.optimizer.zero_grad(set_to_none=True)
+        total = sum(self._backward(s, run, gen, rng) for _ in range(self.cfg.gradient_accumulation))
+        if not self._accepted(s, run, next_step, total, lr):
+            return False
+        self._apply(s, run)
+        run.step, run.attempt = next_step, 0
+        self._after_step(s, run, total, lr)
+        return True
 
-    def _report(self, step, loss, lr, params, val_loss, started, start_step, preview=None, event=None):
-        done = step - start_step
-        elapsed = time.monotonic() - started
-        eta = elapsed / done * (self.cfg.steps - step) if done > 0 else None
-        norms = {k: float(vector_norms(p).mean()) for k, p in params.items()}
-        self.on_progress(TrainProgress(step, self.cfg.steps, float(loss), float(lr), norms, val_loss, eta, preview, event))
+    def _backward(self, s: Session, run: Run, gen: torch.Generator, rng: random.Random) -> float:
+        adapter.throw_if_interrupted()
+        bucket, positions, pictures = s.data.draw(gen, self.cfg.batch_size)
+        prompts = [self._prompt(s.data, n, rng) for n in pictures]
+        with s.autocast:
+            loss = self._loss(run.params, prompts, bucket, positions, gen) / self.cfg.gradient_accumulation
+        (s.scaler.scale(loss) if s.scaler else loss).backward()
+        return float(loss.detach())
+
+    def _accepted(self, s: Session, run: Run, next_step: int, total: float, lr: float) -> bool:
+        if s.scaler:
+            s.scaler.unscale_(run.optimizer)
+        status = run.guard.check(total, loss_scaled=s.scaler is not None)
+        if status == NaNGuard.OVERFLOW:
+            # fp16 loss-scale overflow: the scaler skips this step and halves its scale;
+            # the same batch is tried again at the lower scale
+            s.scaler.step(run.optimizer)
+            s.scaler.update()
+            run.history.event(next_step, "fp16_overflow", scale=float(s.scaler.get_scale()))
+            return False
+        if status != NaNGuard.OK:
+            run.attempt += 1
+            run.history.event(next_step, "rollback", lr_factor=run.guard.lr_factor)
+            s.reporter.report(next_step, total, lr, run.params, event=run.history.events[-1])
+            if s.scaler:
+                s.scaler.update()
+            return False  # the same step is tried again from the last good vectors
+        return True
+
+    def _apply(self, s: Session, run: Run) -> None:
+        """Clip the gradients, step the optimizer, keep the norms in check."""
+        cfg, params = self.cfg, list(run.params.values())
+        if cfg.clip_mode == "norm" and cfg.clip_value > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip_value)
+        elif cfg.clip_mode == "value" and cfg.clip_value > 0:
+            torch.nn.utils.clip_grad_value_(params, cfg.clip_value)
+        if s.scaler:
+            s.scaler.step(run.optimizer)
+            s.scaler.update()
+        else:
+            run.optimizer.step()
+        for key, p in run.params.items():
+            s.norm_controls[key].apply(p.data)
+
+    def _validate(self, run: Run, step: int) -> float:
+        val_loss = self.validation_loss(run.params)
+        run.history.record_validation(step, val_loss)
+        if run.stopper is not None:
+            run.stopper.update(step, val_loss, run.params)
+        return val_loss
+
+    def _after_step(self, s: Session, run: Run, total: float, lr: float) -> None:
+        """Record the step; validate, snapshot, report and stop early when due."""
+        cfg, step = self.cfg, run.step
+        norms = mean_norms(run.params)
+        run.history.record(step, total, lr, sum(norms.values()) / len(norms))
+        val_loss = None
+        if s.validation is not None and (step % cfg.validate_every == 0 or step == cfg.steps):
+            val_loss = self._validate(run, step)
+        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+            snap = f"{cfg.name}-step{step:05d}"
+            self._save(run.params, step, snap)
+            run.history.event(step, "snapshot", name=snap)
+        s.reporter.step_done(step, total, lr, run.params, val_loss)
+        if run.stopper is not None and run.stopper.should_stop:
+            run.stopped_early = True
+            run.history.event(step, "early_stop", best_step=run.stopper.best_step)
+            s.reporter.report(step, total, lr, run.params, val_loss, event=run.history.events[-1])
+
+    def _finish(self, s: Session, run: Run) -> TrainResult:
+        # the state that a resume continues from is the last step's, not the best one's
+        self._save_state(run)
+        final, best_step = run.params, run.step
+        if run.stopper is not None and run.stopper.best_vectors is not None:
+            final, best_step = run.stopper.best_vectors, run.stopper.best_step
+        path = self._save(final, run.step, self.cfg.name)
+        run.history.event(run.step, "saved", name=self.cfg.name, best_step=best_step)
+        if self.cfg.preview_every:
+            run.previews.append(s.preview(final))
+        emb = self._embedding(final, run.step, self.cfg.name)
+        return TrainResult(emb, run.history, path, run.previews, best_step, run.stopped_early,
+                           run.step - run.start_step)

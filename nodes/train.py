@@ -8,9 +8,10 @@ import uuid
 import torch
 from comfy_api.latest import io, ui
 
+from .. import comfy_adapter as adapter
 from .. import server_routes
 from ..tokensmith.history import TrainingHistory, draw_history
-from ..tokensmith.templates import ignored_captions_warning, split_captions, template_lines
+from ..tokensmith.templates import ignored_captions_warning, template_lines
 from ..tokensmith.train_config import TrainConfig
 from ..trainer import Trainer
 from .sockets import ADV, CATEGORY, Embedding, LossHistory
@@ -30,30 +31,36 @@ def first(value):
     return value[0] if isinstance(value, list) and value else value
 
 
-def gather_images(items) -> torch.Tensor:
-    """One IMAGE (or MASK) batch from a list of batches that must share a size."""
+def gather_images(items):
+    """The pictures (or masks) of a list of batches: one batch when they share a size (as they
+    came), else a list of single pictures of their own sizes, for the trainer's buckets."""
     items = items if isinstance(items, list) else [items]
     items = [t for t in items if t is not None]
     if not items:
         return torch.zeros(0, 8, 8, 3)
-    sizes = {tuple(t.shape[1:]) for t in items}
-    if len(sizes) > 1:
-        from ..tokensmith.errors import TrainingError
-
-        raise TrainingError(
-            f"the images have different sizes {sorted(sizes)[:4]}: make them one size first (e.g. core's "
-            "'Resize Images by Shorter Edge' + 'Center Crop Images' nodes, or ImageScale)"
-        )
-    return torch.cat(items, dim=0)
+    if len({tuple(t.shape[1:]) for t in items}) == 1:
+        return torch.cat(items, dim=0)
+    return [single for t in items for single in t]
 
 
 def gather_latents(items):
-    """One latent batch [B, C, H, W] from LATENT dicts (a list when is_input_list), or None."""
+    """Latent batches [B, C, H, W] from LATENT dicts (a list when is_input_list): one batch when
+    they share a size, else a list of batches; None without latents."""
     if items is None:
         return None
     items = items if isinstance(items, list) else [items]
     samples = [i["samples"] if isinstance(i, dict) else i for i in items if i is not None]
-    return gather_images(samples) if samples else None
+    if not samples:
+        return None
+    return torch.cat(samples, dim=0) if len({tuple(t.shape[1:]) for t in samples}) == 1 else samples
+
+
+def _count(images, latents) -> int:
+    if latents is not None:
+        return latents.shape[0] if torch.is_tensor(latents) else sum(t.shape[0] for t in latents)
+    if images is None:
+        return 0
+    return images.shape[0] if torch.is_tensor(images) else len(images)
 
 
 def gather_captions(items, count: int) -> str:
@@ -69,6 +76,71 @@ def gather_captions(items, count: int) -> str:
     from ..tokensmith.errors import TrainingError
 
     raise TrainingError(f"got {len(items)} captions for {count} images: give one per image")
+
+
+def _config(name, init_text, num_vectors, template, steps, learning_rate, batch_size, seed, custom_template,
+            advanced) -> TrainConfig:
+    return TrainConfig(name=name.strip(), init_text=init_text, num_vectors=num_vectors, template=template,
+                       custom_template=custom_template or "", steps=steps, learning_rate=learning_rate,
+                       batch_size=batch_size, seed=seed,
+                       **{k: v for k, v in advanced.items() if k in TrainConfig.__dataclass_fields__})
+
+
+class _Progress:
+    """The run's progress to ComfyUI's bar on the node, a console bar and the live view."""
+
+    def __init__(self, run_id: str, node_id: str, steps: int):
+        self.run_id = run_id
+        self.pbar = adapter.progress_bar(steps, node_id or None)
+        self.console = None
+
+    def __call__(self, p) -> None:
+        if self.console is None:
+            self.console = _console_bar(p.total, max(0, p.step - 1))
+        self.console.n = p.step
+        self.console.set_postfix(loss=f"{p.loss:.4f}", lr=f"{p.lr:.2g}",
+                                 norm=f"{sum(p.norms.values()) / max(1, len(p.norms)):.3f}", refresh=False)
+        self.console.refresh()
+        self.pbar.update_absolute(p.step, p.total)
+        event = {"step": p.step, "total": p.total, "loss": p.loss, "val_loss": p.val_loss, "lr": p.lr,
+                 "norms": p.norms, "eta_s": p.eta_s, "event": p.event}
+        if p.preview is not None:
+            event["preview"] = server_routes.preview_to_data_url(p.preview)
+        server_routes.publish(self.run_id, event)
+
+    def close(self) -> None:
+        if self.console is not None:
+            self.console.close()
+
+
+def _notes(trainer: Trainer, config: TrainConfig, run_id: str) -> list[str]:
+    """What the node says before training: unused captions (a warning, also in the live view) and
+    the buckets the pictures were sorted into (console and node)."""
+    warning = ignored_captions_warning(template_lines(config.template, config.custom_template), trainer.captions)
+    notes = []
+    if warning:
+        log.warning("TokenSmith %s: %s", config.name, warning)
+        server_routes.publish(run_id, {"step": 0, "event": {"kind": "warning", "step": 0, "text": warning}})
+        notes.append(warning)
+    buckets = trainer.data.report()
+    if buckets:
+        log.info("TokenSmith %s: %s", config.name, buckets)
+        notes.append(buckets)
+    return notes
+
+
+def _train(trainer: Trainer, progress: _Progress, run_id: str):
+    outcome = "failed"
+    try:
+        result = trainer.run()
+        outcome = "early_stop" if result.stopped_early else "finished"
+    except BaseException as exc:
+        outcome = "cancelled" if adapter.is_interruption(exc) else "failed"
+        raise
+    finally:
+        progress.close()
+        server_routes.finish_run(run_id, outcome)
+    return result
 
 
 class TrainEmbedding(io.ComfyNode):
@@ -95,8 +167,9 @@ class TrainEmbedding(io.ComfyNode):
                              tooltip="The VAE from the same loader: each image is encoded once, before training "
                                      "(not needed with latents)."),
                 io.Image.Input("images", optional=True,
-                               tooltip="5-20 pictures of the concept, all one size, a multiple of 8 pixels (or turn "
-                                       "on crop_to_multiple_of_8); a list from a dataset loader works."),
+                               tooltip="5-20 pictures of the concept; a list from a dataset loader works. Mixed "
+                                       "sizes are scaled into aspect-ratio buckets (see resolution); pictures of "
+                                       "one size train as they are."),
                 io.String.Input("name", default=_DEFAULTS.name,
                                 tooltip="Keyword and file name (models/embeddings/NAME.safetensors): letters, digits, "
                                         ". _ - (and / for subfolders). No spaces: a prompt keyword ends at a space."),
@@ -206,6 +279,11 @@ class TrainEmbedding(io.ComfyNode):
                                         "when TokenSmith trained it); steps is the total to reach. Empty = new."),
                 io.Boolean.Input("crop_to_multiple_of_8", **ADV, optional=True, default=False,
                                  tooltip="Centre-crop images (and masks) whose size is not a multiple of 8."),
+                io.Int.Input("resolution", **ADV, optional=True, default=_DEFAULTS.resolution, min=0, max=4096, step=64,
+                             tooltip="Training size: each picture is scaled to about N x N pixels at its own aspect "
+                                     "ratio, into buckets whose sides are multiples of 64 (each batch comes from one "
+                                     "bucket; masks follow). 0 = auto: pictures of one size train as they are, mixed "
+                                     "sizes at 512 (SD1), 768 (SD2) or 1024 (SDXL)."),
             ],
             outputs=[
                 Embedding.Output("embedding", tooltip="The trained vectors (already saved), for Save, Inspect or Merge."),
@@ -220,68 +298,29 @@ class TrainEmbedding(io.ComfyNode):
     def execute(cls, model, clip, name, init_text, num_vectors, template, steps, learning_rate, batch_size, seed,
                 overwrite, vae=None, images=None, latents=None, masks=None, captions=None, custom_template=None,
                 **advanced) -> io.NodeOutput:
-        import comfy.utils
-
         latents = gather_latents(latents)
         images = None if images is None else gather_images(images)
         masks = None if masks is None else gather_images(masks)
-        count = latents.shape[0] if latents is not None else (0 if images is None else images.shape[0])
-        captions = gather_captions(captions, count)
+        captions = gather_captions(captions, _count(images, latents))
         model, clip, name, init_text, num_vectors, template, steps, learning_rate, batch_size, seed, overwrite = (
             first(v) for v in (model, clip, name, init_text, num_vectors, template, steps, learning_rate,
                                batch_size, seed, overwrite))
-        custom_template = first(custom_template) or ""
         advanced = {k: first(v) for k, v in advanced.items()}
-
-        config = TrainConfig(name=name.strip(), init_text=init_text, num_vectors=num_vectors, template=template,
-                             custom_template=custom_template or "", steps=steps, learning_rate=learning_rate,
-                             batch_size=batch_size, seed=seed,
-                             **{k: v for k, v in advanced.items() if k in TrainConfig.__dataclass_fields__})
+        config = _config(name, init_text, num_vectors, template, steps, learning_rate, batch_size, seed,
+                         first(custom_template), advanced)
         node_id = str(getattr(cls.hidden, "unique_id", None) or "")
         run_id = uuid.uuid4().hex[:12]
-        pbar = comfy.utils.ProgressBar(steps, node_id=node_id or None)
-        console = None
-
-        def on_progress(p):
-            nonlocal console
-            if console is None:
-                console = _console_bar(p.total, max(0, p.step - 1))
-            console.n = p.step
-            console.set_postfix(loss=f"{p.loss:.4f}", lr=f"{p.lr:.2g}",
-                                norm=f"{sum(p.norms.values()) / max(1, len(p.norms)):.3f}", refresh=False)
-            console.refresh()
-            pbar.update_absolute(p.step, p.total)
-            event = {"step": p.step, "total": p.total, "loss": p.loss, "val_loss": p.val_loss, "lr": p.lr,
-                     "norms": p.norms, "eta_s": p.eta_s, "event": p.event}
-            if p.preview is not None:
-                event["preview"] = server_routes.preview_to_data_url(p.preview)
-            server_routes.publish(run_id, event)
-
+        progress = _Progress(run_id, node_id, steps)
         trainer = Trainer(model, clip, first(vae), images, config, masks=masks, latents=latents, captions=captions,
                           resume_from=advanced.get("resume_from", "") or "", overwrite=overwrite,
-                          on_progress=on_progress)
+                          on_progress=progress)
         server_routes.start_run(run_id, node_id, steps, config.name)
-        # the trainer has checked the template and the captions: say so when the captions go unused
-        warnings = [w for w in [ignored_captions_warning(template_lines(config.template, config.custom_template),
-                                                         split_captions(captions, count))] if w]
-        for text in warnings:
-            log.warning("TokenSmith %s: %s", config.name, text)
-            server_routes.publish(run_id, {"step": 0, "event": {"kind": "warning", "step": 0, "text": text}})
-        outcome = "failed"
-        try:
-            result = trainer.run()
-            outcome = "early_stop" if result.stopped_early else "finished"
-        except BaseException as exc:
-            outcome = "cancelled" if type(exc).__name__ == "InterruptProcessingException" else "failed"
-            raise
-        finally:
-            if console is not None:
-                console.close()
-            server_routes.finish_run(run_id, outcome)
+        notes = _notes(trainer, config, run_id)
+        result = _train(trainer, progress, run_id)
         previews = torch.cat(result.previews) if result.previews else torch.zeros(1, 64, 64, 3)
         ui_out = ui.PreviewImage(previews, cls=cls).as_dict() if result.previews else {}
-        if warnings:
-            ui_out["text"] = warnings
+        if notes:
+            ui_out["text"] = notes
         return io.NodeOutput(result.embedding, f"embedding:{config.name}", result.history, previews, ui=ui_out or None)
 
 

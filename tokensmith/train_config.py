@@ -54,6 +54,9 @@ class TrainConfig:
     preview_seed: int = 0
     preview_steps: int = 12
     crop_to_multiple_of_8: bool = False
+    # pixels of each side of the target area (pictures keep their aspect ratio, in buckets of 64);
+    # 0 = auto: one-size pictures as they are, mixed sizes at the family's (training_data.FAMILY_RESOLUTION)
+    resolution: int = 0
 
     def validate(self) -> TrainConfig:
         validate_name(self.name)
@@ -79,6 +82,8 @@ class TrainConfig:
             raise TrainingError("validate_every, save_every, preview_every and early_stop_patience cannot be negative")
         if self.early_stop_patience and not self.validate_every:
             raise TrainingError("early stopping needs validation: set validate_every above 0")
+        if self.resolution != 0 and not 64 <= self.resolution <= 4096:
+            raise TrainingError(f"resolution must be 0 (auto) or 64..4096 pixels, got {self.resolution}")
         if not 1 <= self.validation_samples <= 256:
             raise TrainingError("validation_samples must be 1..256")
         return self

@@ -151,9 +151,14 @@ def test_empty_batches(pack, model_runs, train, sd1):
     expect_clear_error(pack, model_runs, (sd1,), lambda: train(sd1, images=None), "connect an IMAGE batch")
 
 
-def test_images_of_different_sizes(pack, model_runs, train, sd1):
-    expect_clear_error(pack, model_runs, (sd1,), lambda: train(sd1, images=[images(1, 64), images(1, 32)]),
-                       "make them one size")
+def test_masks_that_do_not_fit_pictures_of_different_sizes(pack, model_runs, train, sd1):
+    # pictures of different sizes train in aspect-ratio buckets (tests/host/test_buckets.py); their masks
+    # must still be one per picture, each its picture's size
+    mixed = [images(1, 64), images(1, 32)]
+    expect_clear_error(pack, model_runs, (sd1,), lambda: train(sd1, images=mixed, masks=[torch.ones(1, 64, 64)] * 2),
+                       "same height and width")
+    expect_clear_error(pack, model_runs, (sd1,), lambda: train(sd1, images=mixed, masks=torch.ones(1, 64, 64)),
+                       "one mask per image")
 
 
 def test_masks_of_the_wrong_size_or_count(pack, model_runs, train, sd1):
