@@ -131,3 +131,25 @@ def test_what_each_tokenizer_of_sd3_and_flux_receives(tokenizer, file_keys, embe
         assert r.used == (spliced[0].shape[-1] == slot.width)
     if tokenizer.startswith("sd3") and file_keys == ["clip_l", "clip_g"]:
         assert readings["t5xxl"].reads == "clip_g" and readings["t5xxl"].fallback  # the trap, as issue 15 says
+
+
+def test_convert_to_sd3_closes_the_trap(embeddings_dir, pack, node_classes):
+    """Convert Embedding (target sd3) on an SDXL embedding: ComfyUI's SD3 tokenizer then gives T5 the file's
+    own zero t5xxl rows instead of its clip_g rows, and L and G keep their vectors."""
+    from comfy.text_encoders.sd3_clip import SD3Tokenizer
+
+    Embedding = pack("tokensmith.embedding").Embedding
+    xl = Embedding(_tensors(["clip_l", "clip_g"], 21), name="xl")
+    with torch.inference_mode():
+        out = node_classes["TokenSmithConvertEmbedding"].execute(embedding=xl, target="sd3")
+    sd3 = out.result[0]
+    assert sd3.family == "sd3" and "zero" in out.result[1]
+    pack("tokensmith.writer").save_embedding(sd3, embeddings_dir, "converted_sd3")
+    tokens = SD3Tokenizer(embedding_directory=embeddings_dir).tokenize_with_weights("embedding:converted_sd3")
+    rows = {k: torch.stack([t for row in tokens[k] for t, *_ in row if torch.is_tensor(t)]).float()
+            for k in ("l", "g", "t5xxl")}
+    assert torch.equal(rows["l"], xl.vectors["clip_l"]) and torch.equal(rows["g"], xl.vectors["clip_g"])
+    assert rows["t5xxl"].shape == (2, 4096) and not rows["t5xxl"].any()
+    sd2 = Embedding({"clip_h": torch.randn(1, 1024)}, name="old")
+    with pytest.raises(pack("tokensmith.errors").FamilyMismatchError, match="cannot become SD3"):
+        node_classes["TokenSmithConvertEmbedding"].execute(embedding=sd2, target="sd3")
