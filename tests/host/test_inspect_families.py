@@ -13,20 +13,21 @@ import torch
 FAMILIES = ["chroma", "zimage", "qwen_image", "flux"]
 WORDS = "cat dog"
 
-_built: dict = {}
-
-
-@pytest.fixture(scope="module")
-def tiny(comfy_base):
+def _build(family):
     from devkit.model_factory import build_tiny_flow
 
-    def get(family):
-        if family not in _built:
-            _built[family] = build_tiny_flow(family, seed=0)
-        return _built[family]
+    return build_tiny_flow(family, seed=0)
 
-    yield get
-    _built.clear()
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def flow(request, comfy_base):
+    """(family, its tiny ModelSet), built once per family for this module."""
+    return request.param, _build(request.param)
+
+
+@pytest.fixture(scope="module", params=["chroma", "flux"])
+def t5_flow(request, comfy_base):
+    return request.param, _build(request.param)
 
 
 def _run(node, **kwargs):
@@ -41,11 +42,10 @@ def _word_rows(adapter, enc, text):
     return ids, table[torch.tensor(ids, device=table.device)].detach().float().cpu().clone()
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_inspect_reads_what_comfyui_splices_and_finds_the_nearest_tokens(family, tiny, pack, node_classes,
-                                                                         embeddings_dir):
+def test_inspect_reads_what_comfyui_splices_and_finds_the_nearest_tokens(flow, pack, node_classes, embeddings_dir):
     adapter = pack("comfy_adapter")
-    clip = tiny(family).clip
+    family, models = flow
+    clip = models.clip
     # an embedding for the family's last encoder (T5 or the LLM): its own token rows for WORDS
     enc = adapter.text_encoders(clip)[-1]
     ids, rows = _word_rows(adapter, enc, WORDS)
@@ -78,10 +78,10 @@ def test_inspect_reads_what_comfyui_splices_and_finds_the_nearest_tokens(family,
         assert verdict.startswith("will not be read") and "does not look up embedding: names" in verdict
 
 
-@pytest.mark.parametrize("family", ["chroma", "flux"])
-def test_prompt_warnings_on_t5_clips(family, tiny, pack, node_classes, embeddings_dir):
+def test_prompt_warnings_on_t5_clips(t5_flow, pack, node_classes, embeddings_dir):
     adapter = pack("comfy_adapter")
-    clip = tiny(family).clip
+    family, models = t5_flow
+    clip = models.clip
     writer, Embedding = pack("tokensmith.writer"), pack("tokensmith.embedding").Embedding
     t5 = next(e for e in adapter.text_encoders(clip) if e.key == "t5xxl")
     own = f"own-{family}-{uuid.uuid4().hex[:6]}"
