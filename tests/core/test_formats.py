@@ -488,3 +488,18 @@ def test_pickled_tensors_must_be_dense_float_and_bounded(tmp_path, monkeypatch):
     monkeypatch.setattr(formats, "MAX_TENSOR_BYTES", 4 * 768 * 4 - 1)
     with pytest.raises(EmbeddingFileError, match="too large"):
         read_embedding(big)
+
+
+@pytest.mark.parametrize("header_bytes", [640, 896, 1152, 1408, 65536 + 640, 1024])
+def test_safetensors_whose_header_length_looks_like_a_pickle_opcode(tmp_path, header_bytes):
+    """A safetensors header of 640, 896, 1152 or 1408 bytes (+ k * 65536) starts the file with 0x80
+    0x02..0x05, a pickle's protocol opcode: it is still read as safetensors (it was refused as a
+    pickle; TokenSmith's own files, with their training metadata, reach such lengths). 1024 is the
+    control."""
+    data = (torch.arange(768, dtype=torch.float32) / 768).reshape(1, 768)
+    header = json.dumps({"emb_params": {"dtype": "F32", "shape": [1, 768], "data_offsets": [0, 768 * 4]}}).encode()
+    header += b" " * (header_bytes - len(header))  # the format pads its header with spaces
+    path = tmp_path / "padded.safetensors"
+    path.write_bytes(struct.pack("<Q", header_bytes) + header + data.numpy().tobytes())
+    assert (path.read_bytes()[0] == 0x80) == (header_bytes % 256 == 0x80)
+    assert torch.equal(read_embedding(path).vectors["clip_l"], data)

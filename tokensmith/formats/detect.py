@@ -25,12 +25,14 @@ def detect_container(head: bytes) -> str | None:
         return PNG
     if head.startswith(TORCH_LEGACY_MAGIC):
         return TORCH_LEGACY
+    if len(head) >= 9 and head[8:9] == b"{":
+        # 8-byte little-endian header length, then the JSON header. An absurd length is reported by
+        # the safetensors reader ("header claims N bytes"), which is clearer than "not recognised".
+        # Checked before the bare pickle: a header of 640, 896, 1152 or 1408 bytes (+ k * 65536)
+        # starts with the bytes 0x80 0x02..0x05, a pickle's protocol opcode.
+        return SAFETENSORS
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         # A bare pickle (not torch's layout): handed to the same restricted loader, which refuses it
         # with a clear message instead of a "format not recognised".
         return PICKLE
-    if len(head) >= 9 and head[8:9] == b"{":
-        # 8-byte little-endian header length, then the JSON header. An absurd length is reported by
-        # the safetensors reader ("header claims N bytes"), which is clearer than "not recognised".
-        return SAFETENSORS
     return None
