@@ -16,8 +16,8 @@ Operands
 
 Postfix operations on a term, applied left to right (whitespace is allowed anywhere between tokens)
     ``*x`` / ``/x``   multiply / divide every vector by the number ``x`` (ints, floats, exponents,
-                      signs: ``*-1``, ``/2.5e-1``). A trailing ``L`` or ``G`` (``*0.5L``) scales
-                      only the SDXL clip_l or clip_g side.
+                      signs: ``*-1``, ``/2.5e-1``). A trailing ``L``, ``G`` or ``T`` (``*0.5L``)
+                      scales only the clip_l, clip_g or t5xxl side (SDXL, SD3, Flux.1).
     ``:N``            crop to N vectors or zero-pad up to N (0 <= N <= 75).
     ``:+N`` / ``:-N`` circular shift along the vector axis (+1 moves vector i to i+1).
     ``,X``            concatenate: X's vectors after the current ones. X is a text, a name, a
@@ -37,7 +37,7 @@ Sums, lowest precedence, left to right
                            there would scale only ``'b'``. ``=`` cannot precede ``,``.
 
 Differences from the original: parentheses, bare/backtick names, ``"..."`` quotes and ``,`` before
-any operand are additions; ``L``/``G`` pick the encoder by key (clip_l / clip_g) rather than by
+any operand are additions; ``L``/``G``/``T`` pick the encoder by key (clip_l / clip_g / t5xxl) rather than by
 width, and naming a side the operand lacks is an error instead of a silent no-op; mixing families
 is an error.
 
@@ -67,7 +67,7 @@ MAX_INTERMEDIATE_VECTORS = 1024
 MAX_RESOLVED_VECTORS = 8192  # all distinct operands together, to bound memory
 MAX_ROLL = 1_000_000
 MAX_TOKEN_ID = 10_000_000
-SIDE_KEYS = {"L": "clip_l", "G": "clip_g"}
+SIDE_KEYS = {"L": "clip_l", "G": "clip_g", "T": "t5xxl"}
 SPECIAL_TOKENS = {"00": "pad", "000": "end", "0000": "start"}
 _SPECIAL_TEXT = {v: k for k, v in SPECIAL_TOKENS.items()}
 
@@ -102,7 +102,7 @@ class TokenRef:
 class Scale:
     factor: float
     divide: bool = False
-    side: str | None = None  # "L" or "G"
+    side: str | None = None  # "L", "G" or "T"
     pos: int = field(default=0, compare=False, repr=False)
 
 

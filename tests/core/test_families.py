@@ -191,3 +191,17 @@ def test_one_formatter_for_the_cli_and_the_node_report():
     assert "    #1: norm 1  mean 0  std 1  min -1  max 1" in lines
     assert "  with this CLIP (zimage: qwen3_4b 2560): works on this Z-Image CLIP" in lines
     assert "      norm / median: 2 4" in lines and "      #0 nearest: cat (0.910)" in lines
+
+
+def test_expression_scales_the_t5_side_alone():
+    from tokensmith.errors import ExpressionError
+    from tokensmith.expression import evaluate
+
+    def sd3_text(text):
+        return {"clip_l": torch.ones(1, 2), "clip_g": torch.ones(1, 3), "t5xxl": torch.ones(1, 4)}
+
+    out = evaluate("'x'*2T/4G", sd3_text, sd3_text)
+    assert out.vectors["t5xxl"].tolist() == [[2.0] * 4]
+    assert out.vectors["clip_g"].tolist() == [[0.25] * 3] and out.vectors["clip_l"].tolist() == [[1.0] * 2]
+    with pytest.raises(ExpressionError, match="t5xxl"):
+        evaluate("'x'*2T", lambda t: {"clip_l": torch.ones(1, 2)}, sd3_text)
