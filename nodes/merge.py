@@ -159,32 +159,32 @@ def _structured(operation: str, inputs: dict[str, Embedding], weights: dict[str,
     else:
         if "a" not in inputs:
             raise TokenSmithError(f"'{operation}' works on input a: connect the embedding there")
-        src = inputs["a"]
-        name = _label("a", src)
-        if operation == "scale":
-            out, recipe = ops.scale(src, factor), f"{name} * {factor:g}"
-        elif operation == "per-encoder scale":
-            out, recipe = ops.scale(src, factor, encoder), f"{name} * {factor:g} on {encoder}"
-        elif operation == "match norm":
-            if norm and norm > 0:
-                out, recipe = ops.match_norm(src, float(norm)), f"{name} with norm {norm:g}"
-            else:
-                if clip is None:
-                    raise TokenSmithError("match norm with norm 0 uses the vocabulary median: connect the CLIP, or "
-                                          "set norm to the value you want")
-                medians = _vocabulary_medians(src, clip)
-                out = ops.match_norm(src, medians)
-                recipe = f"{name} with the vocabulary median norm (" + ", ".join(
-                    f"{k} {v:.4g}" for k, v in medians.items()) + ")"
-        elif operation == "crop/pad":
-            out, recipe = ops.crop_or_pad(src, int(n)), f"{name} :{int(n)}"
-        elif operation == "roll":
-            out, recipe = ops.roll(src, int(shift)), f"{name} rolled by {int(shift):+d}"
-        else:  # collapse
-            out, recipe = ops.collapse(src), f"collapse({name})"
-        return out, recipe
+        return _one_input(operation, inputs["a"], clip, factor=factor, encoder=encoder, norm=norm, n=n, shift=shift)
     out.name = "merge"
     return out, recipe
+
+
+def _one_input(operation: str, src: Embedding, clip, *, factor, encoder, norm, n, shift) -> tuple[Embedding, str]:
+    # the operations on input a alone
+    name = _label("a", src)
+    if operation == "scale":
+        return ops.scale(src, factor), f"{name} * {factor:g}"
+    if operation == "per-encoder scale":
+        return ops.scale(src, factor, encoder), f"{name} * {factor:g} on {encoder}"
+    if operation == "match norm":
+        if norm and norm > 0:
+            return ops.match_norm(src, float(norm)), f"{name} with norm {norm:g}"
+        if clip is None:
+            raise TokenSmithError("match norm with norm 0 uses the vocabulary median: connect the CLIP, or "
+                                  "set norm to the value you want")
+        medians = _vocabulary_medians(src, clip)
+        return ops.match_norm(src, medians), f"{name} with the vocabulary median norm (" + ", ".join(
+            f"{k} {v:.4g}" for k, v in medians.items()) + ")"
+    if operation == "crop/pad":
+        return ops.crop_or_pad(src, int(n)), f"{name} :{int(n)}"
+    if operation == "roll":
+        return ops.roll(src, int(shift)), f"{name} rolled by {int(shift):+d}"
+    return ops.collapse(src), f"collapse({name})"  # collapse
 
 
 NODES = [MergeEmbeddings]

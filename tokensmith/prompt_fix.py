@@ -127,6 +127,42 @@ def convert_keywords(text: str, index: EmbeddingIndex) -> tuple[str, list[str]]:
     return "".join(out), changes
 
 
+def _resolved_name(text: str, name_start: int, index: EmbeddingIndex, changes: list[str]) -> tuple[str, int]:
+    # the name after `embedding:` and where it ends: a trailing full stop dropped, the letter case fixed
+    name_m = _NAME_RE.match(text, name_start)
+    name = name_m.group(0) if name_m else ""
+    end = name_start + len(name)
+    if name and index.exact(name) is None:
+        # `embedding:name.` at the end of a sentence: the dot is punctuation, not part of the name
+        stripped = name.rstrip(_TRAILING_PUNCT)
+        if stripped != name and index.exact(stripped) is not None:
+            name, end = stripped, name_start + len(stripped)
+    if name and index.exact(name) is None:
+        fixed_case = index.case_fix(name)
+        if fixed_case is not None:
+            changes.append(f"'{PREFIX}{name}' -> '{PREFIX}{fixed_case}' (file names are case-sensitive)")
+            name = fixed_case
+    return name, end
+
+
+def _spaces(text: str, start: int, end: int, name: str, wrapped: bool, group_weight: bool,
+            changes: list[str]) -> tuple[str, str]:
+    # the spaces ComfyUI needs before and after a reference
+    before = text[start - 1] if start else ""
+    lead = ""
+    if not wrapped and before and not before.isspace() and before not in "()":
+        lead = " "  # ComfyUI only splits on ' embedding:' or '\nembedding:'
+        changes.append(f"space added before '{PREFIX}{name}' (after '{before}')")
+    nxt = text[end] if end < len(text) else ""
+    trail = ""
+    after_nxt = text[end + 1] if end + 1 < len(text) else " "
+    comma_ok = nxt == "," and after_nxt.isspace()  # ComfyUI retries `name,` without the comma itself
+    if not wrapped and not group_weight and name and nxt and not nxt.isspace() and nxt != ")" and not comma_ok:
+        trail = " "  # `embedding:x,red`: ComfyUI would look for a file named 'x,red'
+        changes.append(f"space added after '{PREFIX}{name}' (before '{nxt}')")
+    return lead, trail
+
+
 def fix_prompt(text: str, index: EmbeddingIndex, keywords: bool = False) -> PromptReport:
     """Rewrite `embedding:` references so ComfyUI's parser resolves them; see the module docstring."""
     changes: list[str] = []
@@ -140,20 +176,7 @@ def fix_prompt(text: str, index: EmbeddingIndex, keywords: bool = False) -> Prom
         start = m.start()
         if start < pos:
             continue
-        name_m = _NAME_RE.match(text, m.end())
-        raw = name_m.group(0) if name_m else ""
-        end = m.end() + len(raw)
-        name = raw
-        if name and index.exact(name) is None:
-            # `embedding:name.` at the end of a sentence: the dot is punctuation, not part of the name
-            stripped = name.rstrip(_TRAILING_PUNCT)
-            if stripped != name and index.exact(stripped) is not None:
-                name, end = stripped, m.end() + len(stripped)
-        if name and index.exact(name) is None:
-            fixed_case = index.case_fix(name)
-            if fixed_case is not None:
-                changes.append(f"'{PREFIX}{name}' -> '{PREFIX}{fixed_case}' (file names are case-sensitive)")
-                name = fixed_case
+        name, end = _resolved_name(text, m.end(), index, changes)
         piece = PREFIX + name
         weight_m = _WEIGHT_RE.match(text, end) if name else None
         group_weight = False
@@ -166,19 +189,7 @@ def fix_prompt(text: str, index: EmbeddingIndex, keywords: bool = False) -> Prom
                 changes.append(f"'{PREFIX}{name}{weight_m.group(0)}' -> '{piece}'")
             else:
                 group_weight = True  # `(... embedding:x:1.2)`: the group's weight, ComfyUI reads it
-        wrapped = piece.startswith("(")
-        before = text[start - 1] if start else ""
-        lead = ""
-        if not wrapped and before and not before.isspace() and before not in "()":
-            lead = " "  # ComfyUI only splits on ' embedding:' or '\nembedding:'
-            changes.append(f"space added before '{PREFIX}{name}' (after '{before}')")
-        nxt = text[end] if end < len(text) else ""
-        trail = ""
-        after_nxt = text[end + 1] if end + 1 < len(text) else " "
-        comma_ok = nxt == "," and after_nxt.isspace()  # ComfyUI retries `name,` without the comma itself
-        if not wrapped and not group_weight and name and nxt and not nxt.isspace() and nxt != ")" and not comma_ok:
-            trail = " "  # `embedding:x,red`: ComfyUI would look for a file named 'x,red'
-            changes.append(f"space added after '{PREFIX}{name}' (before '{nxt}')")
+        lead, trail = _spaces(text, start, end, name, piece.startswith("("), group_weight, changes)
         out.append(text[pos:start] + lead + piece + trail)
         pos = end
         if name:

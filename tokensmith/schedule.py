@@ -135,20 +135,36 @@ def parse_schedule(spec: str, total_steps: int, warmup_steps: int = 0, shape: st
         )
     if not spec.strip():
         raise ScheduleError("empty schedule; write a rate such as 0.005, or e.g. '0.005:100, 1e-3'")
-
     if shape == "cosine":
-        if "," in spec or ":" in spec:
-            raise ScheduleError(
-                f"cosine schedule {spec.strip()!r}: write 'PEAK' or 'PEAK -> FLOOR' (e.g. '5e-3 -> 1e-5'); "
-                "step lists like '0.005:100, 1e-3' are for shape 'steps'"
-            )
-        pieces = spec.split("->")
-        if len(pieces) > 2:
-            raise ScheduleError(f"cosine schedule {spec.strip()!r} has more than one '->'")
-        peak = _rate(pieces[0], "cosine start")
-        floor = _rate(pieces[1], "cosine end") if len(pieces) == 2 else 0.0
+        peak, floor = _cosine_rates(spec)
         return Schedule("cosine", ((peak, None),), total_steps, warmup_steps, floor=floor)
+    points, last_step = _step_points(spec, shape)
+    return Schedule(
+        "constant" if shape == "constant" else "steps",
+        tuple(points),
+        total_steps,
+        warmup_steps,
+        last_step=last_step,
+    )
 
+
+def _cosine_rates(spec: str) -> tuple[float, float]:
+    # 'PEAK' or 'PEAK -> FLOOR'
+    if "," in spec or ":" in spec:
+        raise ScheduleError(
+            f"cosine schedule {spec.strip()!r}: write 'PEAK' or 'PEAK -> FLOOR' (e.g. '5e-3 -> 1e-5'); "
+            "step lists like '0.005:100, 1e-3' are for shape 'steps'"
+        )
+    pieces = spec.split("->")
+    if len(pieces) > 2:
+        raise ScheduleError(f"cosine schedule {spec.strip()!r} has more than one '->'")
+    peak = _rate(pieces[0], "cosine start")
+    floor = _rate(pieces[1], "cosine end") if len(pieces) == 2 else 0.0
+    return peak, floor
+
+
+def _step_points(spec: str, shape: str) -> tuple[list[tuple[float, int | None]], int | None]:
+    # A1111's 'RATE:UNTIL, ..., RATE' (or one number for 'constant'): the points and the last part's step
     if "->" in spec:
         raise ScheduleError(f"'->' in {spec.strip()!r} only works with shape 'cosine'")
     raw_parts = spec.split(",")
@@ -159,45 +175,44 @@ def parse_schedule(spec: str, total_steps: int, warmup_steps: int = 0, shape: st
         raise ScheduleError("empty schedule; write a rate such as 0.005")
     if shape == "constant" and (len(parts) > 1 or ":" in parts[0][1]):
         raise ScheduleError(f"a constant schedule is one number, got {spec.strip()!r}; use shape 'steps' for a list")
-
     points: list[tuple[float, int | None]] = []
     last_step = None
     previous = 0
     for idx, (number, text) in enumerate(parts):
-        where = f"part {number} {text!r}"
         is_last = idx == len(parts) - 1
-        pieces = text.split(":")
-        if len(pieces) > 2:
-            raise ScheduleError(f"{where}: use one ':' per part, as in 0.005:100")
-        rate = _rate(pieces[0], where)
-        if len(pieces) == 1:
-            if not is_last:
-                raise ScheduleError(f"{where} has no ':STEP' but is not the last part; every rate but the last needs one")
+        rate, step = _step_part(f"part {number} {text!r}", text, is_last, previous)
+        if step is None:
             points.append((rate, None))
             continue
-        step_text = pieces[1].strip()
-        if not _STEP.fullmatch(step_text):
-            raise ScheduleError(f"{where}: step {step_text!r} is not a whole number")
-        step = int(step_text)
-        if step == -1:
-            if not is_last:
-                raise ScheduleError(f"{where}: ':-1' means 'until the end' and only fits the last part")
-            points.append((rate, None))
-            continue
-        if step < 1 or step > MAX_STEPS:
-            raise ScheduleError(f"{where}: step {step} must be between 1 and {MAX_STEPS}")
-        if step <= previous:
-            raise ScheduleError(f"{where}: step {step} must be after the previous part's step {previous}")
         previous = step
         if is_last:
             last_step = step
             points.append((rate, None))
         else:
             points.append((rate, step))
-    return Schedule(
-        "constant" if shape == "constant" else "steps",
-        tuple(points),
-        total_steps,
-        warmup_steps,
-        last_step=last_step,
-    )
+    return points, last_step
+
+
+def _step_part(where: str, text: str, is_last: bool, previous: int) -> tuple[float, int | None]:
+    # one 'RATE' or 'RATE:STEP' part: its rate and step (None: until the end)
+    pieces = text.split(":")
+    if len(pieces) > 2:
+        raise ScheduleError(f"{where}: use one ':' per part, as in 0.005:100")
+    rate = _rate(pieces[0], where)
+    if len(pieces) == 1:
+        if not is_last:
+            raise ScheduleError(f"{where} has no ':STEP' but is not the last part; every rate but the last needs one")
+        return rate, None
+    step_text = pieces[1].strip()
+    if not _STEP.fullmatch(step_text):
+        raise ScheduleError(f"{where}: step {step_text!r} is not a whole number")
+    step = int(step_text)
+    if step == -1:
+        if not is_last:
+            raise ScheduleError(f"{where}: ':-1' means 'until the end' and only fits the last part")
+        return rate, None
+    if step < 1 or step > MAX_STEPS:
+        raise ScheduleError(f"{where}: step {step} must be between 1 and {MAX_STEPS}")
+    if step <= previous:
+        raise ScheduleError(f"{where}: step {step} must be after the previous part's step {previous}")
+    return rate, step

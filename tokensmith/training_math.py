@@ -426,24 +426,27 @@ def tensors_to_optimizer_state(tensors: Mapping[str, torch.Tensor], meta_json: s
         if not m or m.group(1) != "state":
             raise TrainingError(f"unexpected entry {key!r} in optimizer state metadata")
         state.setdefault(int(m.group(2)), {})[m.group(3)] = _from_json(value)
-    groups = []
-    for gi, group in enumerate(groups_in):
-        params = group.get("params") if isinstance(group, dict) else None
-        if not isinstance(params, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in params):
-            raise TrainingError(f"optimizer parameter group {gi} is malformed")
-        out = {}
-        for name, value in group.items():
-            if isinstance(value, dict) and value.get("__tensor__") is True:
-                if (gi, name) not in group_tensors:
-                    raise TrainingError(f"optimizer parameter group {gi} is missing tensor {name!r}")
-                out[name] = group_tensors[(gi, name)]
-            else:
-                out[name] = _from_json(value)
-        groups.append(out)
+    groups = [_param_group(gi, group, group_tensors) for gi, group in enumerate(groups_in)]
     known = {i for g in groups for i in g["params"]}
     if not set(state) <= known:
         raise TrainingError("optimizer state refers to parameters that no parameter group lists")
     return {"state": state, "param_groups": groups}
+
+
+def _param_group(gi: int, group, group_tensors: Mapping[tuple[int, str], torch.Tensor]) -> dict:
+    # one stored parameter group: its JSON values and the tensors stored beside them
+    params = group.get("params") if isinstance(group, dict) else None
+    if not isinstance(params, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in params):
+        raise TrainingError(f"optimizer parameter group {gi} is malformed")
+    out = {}
+    for name, value in group.items():
+        if isinstance(value, dict) and value.get("__tensor__") is True:
+            if (gi, name) not in group_tensors:
+                raise TrainingError(f"optimizer parameter group {gi} is missing tensor {name!r}")
+            out[name] = group_tensors[(gi, name)]
+        else:
+            out[name] = _from_json(value)
+    return out
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], meta_json: str) -> None:
