@@ -125,3 +125,28 @@ def test_latents_of_different_sizes_train_by_size(pack, sd1):
     with torch.inference_mode():
         trainer.run()
     assert [tuple(b.mean.shape) for b in trainer.session.data.buckets] == [(2, 4, 8, 8), (1, 4, 8, 16)]
+
+
+def test_the_node_tells_a_cancel_from_a_failure(pack, sd1, node_classes):
+    """The run's last event is 'cancelled' for ComfyUI's interrupt (comfy_adapter.is_interruption) and
+    'failed' for any other error."""
+    import comfy.model_management
+
+    routes = pack("server_routes")
+    train = node_classes["TokenSmithTrainEmbedding"]
+    inputs = dict(vae=[sd1.vae], images=[torch.rand(1, 64, 64, 3)], validate_every=[0])
+    comfy.model_management.interrupt_current_processing(True)
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException), torch.inference_mode():
+            train.execute([sd1.model], [sd1.clip], ["outcome-cancel"], ["*"], [1], ["object"], [2], ["5e-3"], [1],
+                          [0], [True], **inputs)
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
+    with pytest.raises(pack("tokensmith.errors").TrainingError), torch.inference_mode():
+        # a caption over 75 tokens: the step-0 validation batches both pictures' prompts, of different lengths
+        train.execute([sd1.model], [sd1.clip], ["outcome-fail"], ["*"], [1], ["custom"], [2], ["5e-3"], [2],
+                      [0], [True], captions=["short", ", ".join(["a detailed photo of a red ring"] * 14)],
+                      custom_template=["[name], [filewords]"], vae=[sd1.vae], images=[torch.rand(2, 64, 64, 3)],
+                      validate_every=[1])
+    outcome = {r["name"]: r["events"][-1]["event"]["kind"] for r in routes.runs_snapshot()}
+    assert outcome["outcome-cancel"] == "cancelled" and outcome["outcome-fail"] == "failed", outcome
