@@ -11,6 +11,13 @@ modules), the backward pass (the autograd engine's evaluate_function events) and
 step (tokens, noise, loss, NaN guard, AdamW, norms, the report). Ops: PyTorch ops by self time.
 `--plain` profiles ComfyUI's configured attention instead of the training attention (see
 bench.attention for how that is switched). Times are per step (total / steps).
+
+Memory: one more step, not profiled, with a saved-tensors hook that records what autograd keeps for
+the backward pass, each storage once, by the phase that saved it (text encoder / UNet / the rest):
+`weights_mb` is saved tensors whose storage is a model weight's (the alias weights: no memory of
+their own), `casts_mb` float32 tensors shaped like an fp16/bf16 weight of the model (ComfyUI's
+per-forward weight casts), `activations_mb` the rest. All of it is alive at once at the start of
+the backward pass.
 """
 
 from __future__ import annotations
@@ -45,6 +52,57 @@ def _scope(module: torch.nn.Module, name: str) -> list:
     return [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
 
 
+class SavedTensors:
+    """What autograd saves for the backward pass while entered, each storage counted once."""
+
+    def __init__(self, models, phase: dict):
+        self.phase = phase
+        self.weights = {p.untyped_storage().data_ptr() for m in models for p in list(m.parameters()) + list(m.buffers())}
+        self.low_shapes = {tuple(p.shape) for m in models for p in m.parameters()
+                           if p.dtype in (torch.float16, torch.bfloat16)}
+        self.seen: set[int] = set()
+        self.bytes: dict[tuple[str, str], int] = {}
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
+
+    def pack(self, t):
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in self.seen:
+            self.seen.add(ptr)
+            if ptr in self.weights:
+                kind = "weights"
+            elif t.dtype == torch.float32 and tuple(t.shape) in self.low_shapes and not t.requires_grad:
+                kind = "casts"
+            else:
+                kind = "activations"
+            key = (self.phase.get("now", "rest"), kind)
+            self.bytes[key] = self.bytes.get(key, 0) + storage.nbytes()
+        return t
+
+    def __enter__(self):
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+
+    def summary(self) -> dict:
+        out = {}
+        for (phase, kind), b in sorted(self.bytes.items()):
+            out.setdefault(phase, {})[f"{kind}_mb"] = b / 2**20
+        return out
+
+
+def _phase(module: torch.nn.Module, phase: dict, name: str) -> list:
+    def pre(mod, args):
+        phase["now"] = name
+
+    def post(mod, args, output):
+        phase["now"] = "rest"
+
+    return [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+
+
 def measure(size: int, steps: int, warmup: int, plain: bool, top: int) -> dict:
     trainer_mod = comfy_host.pack_import("trainer")
     TrainConfig = comfy_host.pack_import("tokensmith.train_config").TrainConfig
@@ -52,9 +110,11 @@ def measure(size: int, steps: int, warmup: int, plain: bool, top: int) -> dict:
     trainer_mod.PROGRESS_EVERY_S = 0.0
     loaded = load_case("sd15-64")
     variant = Variant(adapter)
-    cfg = TrainConfig(name=f"bench-profile-{size}", steps=warmup + steps, validate_every=0, preview_every=0)
+    cfg = TrainConfig(name=f"bench-profile-{size}", steps=warmup + steps + 1, validate_every=0, preview_every=0)
     prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=False)
     state = {}
+    phase: dict[str, str] = {}
+    saved = SavedTensors([loaded.model.model, loaded.clip.cond_stage_model], phase)
 
     def on_progress(p):
         if p.step == warmup:
@@ -63,9 +123,14 @@ def measure(size: int, steps: int, warmup: int, plain: bool, top: int) -> dict:
         elif p.step == warmup + steps:
             prof.stop()
             state["wall_s"] = time.perf_counter() - state["t0"]
+            saved.__enter__()  # the next step's saved tensors
+        elif p.step == warmup + steps + 1:
+            saved.__exit__(None, None, None)
 
     hooks = [h for e in adapter.encoders_of(loaded.clip) for h in _scope(e.model, "tokensmith::text_encoder_forward")]
     hooks += _scope(loaded.model.model.diffusion_model, "tokensmith::unet_forward")
+    hooks += [h for e in adapter.encoders_of(loaded.clip) for h in _phase(e.model, phase, "text_encoder")]
+    hooks += _phase(loaded.model.model.diffusion_model, phase, "unet")
     variant.set("plain" if plain else "fast")
     try:
         run_trainer(trainer_mod, loaded, cfg, size, on_progress)
@@ -88,7 +153,8 @@ def measure(size: int, steps: int, warmup: int, plain: bool, top: int) -> dict:
     ops = [{"op": a.key, "calls_per_step": a.count / steps, "self_s_per_step": a.self_cpu_time_total / 1e6 / steps,
             "share": a.self_cpu_time_total / 1e6 / steps / step_s} for a in averages[:top]]
     return {"pixels": size, "attention": "plain (ComfyUI's configured)" if plain else "training attention",
-            "steps_profiled": steps, "step_s": step_s, "phases": phases, "ops": ops}
+            "steps_profiled": steps, "step_s": step_s, "phases": phases, "ops": ops,
+            "saved_for_backward": saved.summary()}
 
 
 def main(argv=None) -> int:
@@ -107,6 +173,8 @@ def main(argv=None) -> int:
     emit(out, args.json)
     print(f"{out['pixels']}px, {out['attention']}: step {out['step_s']:.3f} s; "
           + ", ".join(f"{k.removesuffix('_s')} {v:.3f} s" for k, v in out["phases"].items()), file=sys.stderr)
+    for where, kinds in out["saved_for_backward"].items():
+        print(f"  saved for backward, {where}: " + ", ".join(f"{k} {v:.0f}" for k, v in kinds.items()), file=sys.stderr)
     for op in out["ops"]:
         print(f"  {op['op']:<48} {op['calls_per_step']:>7.0f} calls  {op['self_s_per_step']:.3f} s  {op['share']:.0%}",
               file=sys.stderr)
