@@ -425,10 +425,10 @@ class Trainer:
             run = self._new_run()
             self.session = self._session(run.start_step)
             self._train(self.session, run)
+            return self._finish(self.session, run)  # its final preview still needs the prompt rows
         finally:
             if self.session is not None:
                 self.session.rows.close()
-        return self._finish(self.session, run)
 
     def _train(self, s: Session, run: Run) -> None:
         adapter.load_for_training(self.model, self.clip)

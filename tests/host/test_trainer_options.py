@@ -6,7 +6,9 @@ the trainer is replaced; each test has a control that shows its check can fail."
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
 
 import pytest
 import torch
@@ -18,7 +20,7 @@ def pictures(count=2, size=64, seed=0):
     return torch.rand(count, size, size, 3, generator=torch.Generator().manual_seed(seed))
 
 
-def train(pack, ms, images=None, captions="", **kw):
+def train(pack, ms, images=None, captions="", resume_from="", **kw):
     """One training run on ``ms`` (the trainer as the node calls it, under inference mode)."""
     TrainConfig = pack("tokensmith.train_config").TrainConfig
     settings = dict(name="options-effect", init_text="*", num_vectors=2, steps=3, learning_rate="5e-3",
@@ -26,7 +28,8 @@ def train(pack, ms, images=None, captions="", **kw):
     settings.update(kw)
     with torch.inference_mode():
         trainer = pack("trainer").Trainer(ms.model, ms.clip, ms.vae, pictures() if images is None else images,
-                                          TrainConfig(**settings), captions=captions, overwrite=True)
+                                          TrainConfig(**settings), captions=captions, overwrite=True,
+                                          resume_from=resume_from)
         return trainer.run()
 
 
@@ -46,8 +49,9 @@ def optimizer_steps():
 
     def hook(optimizer, args, kwargs):
         group = optimizer.param_groups[0]
-        seen.append({"lr": group["lr"], "grads": [p.grad.detach().clone() for g in optimizer.param_groups
-                                                   for p in g["params"] if p.grad is not None]})
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        seen.append({"lr": group["lr"], "grads": [p.grad.detach().clone() for p in params if p.grad is not None],
+                     "params": [p.detach().clone() for p in params]})  # before this step's update
 
     handle = register_optimizer_step_pre_hook(hook)
     try:
@@ -350,3 +354,156 @@ def test_tag_dropout_leaves_tags_out_and_the_seed_fixes_which(pack, sd1):
     assert all(len(p) < len(plain[0]) or k == len(tags) for p, k in zip(dropped, kept, strict=True))
     assert _prompts_read(pack, sd1, tag_dropout=0.5) == dropped
     assert _prompts_read(pack, sd1, tag_dropout=0.5, seed=3) != dropped
+
+
+# ----------------------------------------------------------------------------- early stop, resume, metadata
+
+
+def _file_vectors(pack, path) -> torch.Tensor:
+    return pack("tokensmith.formats").read_embedding(path).vectors["clip_l"]
+
+
+def test_early_stop_saves_the_best_vectors_and_a_resume_continues(pack, sd1, embeddings_dir):
+    """A rate far too high makes the validation loss worse than at the start: the run stops after
+    `patience` worse validations, and the file holds the vectors of the best validation (here the
+    init vectors of step 0, which the optimizer held before its first step), not the last ones. A
+    resume from the stopped run continues from the step it reached."""
+    with optimizer_steps() as seen:
+        result = train(pack, sd1, name="early-stop", steps=12, learning_rate="50", validate_every=1,
+                       early_stop_patience=2)
+    assert result.stopped_early and result.steps_done < 12, (result.steps_done, result.history.val_loss)
+    best = result.best_step
+    assert best is not None and best < result.steps_done
+    assert len(seen) == result.steps_done
+    val = dict(zip(result.history.val_steps, result.history.val_loss, strict=True))
+    assert val[best] == min(val.values())
+    best_vectors = seen[best]["params"][0]  # the vectors after step `best` = before step best + 1
+    last_vectors = seen[-1]["params"][0]
+    saved = _file_vectors(pack, result.path)
+    torch.testing.assert_close(saved, best_vectors.cpu(), rtol=0, atol=0)
+    assert not torch.equal(saved, last_vectors.cpu())
+    assert any(e["kind"] == "early_stop" for e in result.history.events)
+
+    more = train(pack, sd1, name="early-stop", resume_from="early-stop", steps=result.steps_done + 2,
+                 learning_rate="5e-3", validate_every=0)
+    assert more.history.steps[-2:] == [result.steps_done + 1, result.steps_done + 2], more.history.steps
+    assert any(e["kind"] == "resumed" for e in more.history.events)
+
+
+def test_resume_without_optimizer_state_and_the_already_at_step_error(pack, sd1, embeddings_dir):
+    """Without its optimizer-state file a resume starts from the file's vectors at the file's step
+    (the optimizer's first step sees exactly them) and says so in the history; a resume at or past
+    `steps` is refused before any work."""
+    first = train(pack, sd1, name="resume-nostate", steps=2)
+    state = pack("trainer").state_path("resume-nostate")
+    assert os.path.isfile(state)
+    os.remove(state)
+    vectors = _file_vectors(pack, first.path)
+    errors = pack("tokensmith.errors")
+    with pytest.raises(errors.TrainingError, match="already at step 2"):
+        train(pack, sd1, name="resume-nostate", resume_from="resume-nostate", steps=2)
+    with optimizer_steps() as seen:
+        more = train(pack, sd1, name="resume-nostate", resume_from="resume-nostate", steps=4)
+    assert len(seen) == 2 and more.history.steps == [3, 4], more.history.steps
+    torch.testing.assert_close(seen[0]["params"][0].cpu(), vectors, rtol=0, atol=0)
+    resumed = [e for e in more.history.events if e["kind"] == "resumed"]
+    assert resumed and resumed[0].get("optimizer_state") is False, more.history.events
+
+
+def test_saved_file_holds_the_training_metadata(pack, sd1, embeddings_dir):
+    """The settings, step, family and prediction type are in the file's safetensors metadata."""
+    from safetensors import safe_open
+
+    result = train(pack, sd1, name="meta-check", steps=2, learning_rate="1e-2 -> 1e-3", seed=7, num_vectors=3)
+    with safe_open(result.path, framework="pt") as f:
+        meta = f.metadata()
+    settings = json.loads(meta["tokensmith.training"])
+    assert {k: settings[k] for k in ("name", "steps", "learning_rate", "seed", "num_vectors", "clip_mode")} == {
+        "name": "meta-check", "steps": 2, "learning_rate": "1e-2 -> 1e-3", "seed": 7, "num_vectors": 3,
+        "clip_mode": "none"}
+    assert meta["step"] == "2"
+    assert meta["tokensmith.family"] == "sd1" and meta["tokensmith.prediction"] == "eps"
+
+
+# ----------------------------------------------------------------------------- crop, templates, previews
+
+
+def test_crop_to_multiple_of_8_keeps_crop_and_mask_aligned(pack, sd1):
+    """68 x 68 pictures are cut to their central 64 x 64 (2 pixels off each side) and the mask with
+    them: the mask is one left of original column 34 (cropped column 32), so the loss gradient on the
+    prediction is exactly zero from latent column 4 on. A mask cut 2 pixels off (not centred like the
+    pictures) would reach into latent column 4."""
+    images = pictures(2, size=68)
+    mask = torch.zeros(1, 68, 68)
+    mask[:, :, :34] = 1.0
+    encoded = []
+    grads = []
+
+    def on_forward(module, args, output):
+        if output.requires_grad:
+            output.register_hook(lambda g: grads.append(g.detach().clone()))
+
+    with hooked(sd1.vae.first_stage_model.encoder, lambda m, a: encoded.append(a[0].detach().float().clone()),
+                pre=True), hooked(unet(sd1), on_forward):
+        TrainConfig = pack("tokensmith.train_config").TrainConfig
+        cfg = TrainConfig(name="crop-mask", init_text="*", num_vectors=1, steps=2, learning_rate="5e-3",
+                          validate_every=0, clip_mode="none", crop_to_multiple_of_8=True)
+        with torch.inference_mode():
+            pack("trainer").Trainer(sd1.model, sd1.clip, sd1.vae, images, cfg, masks=mask, overwrite=True).run()
+    centre = images[:, 2:66, 2:66, :3].movedim(-1, 1) * 2.0 - 1.0
+    torch.testing.assert_close(encoded[0], centre)
+    assert grads and all(g.shape[-1] == 8 for g in grads)
+    for g in grads:
+        assert torch.count_nonzero(g[..., 4:]) == 0, float(g[..., 4:].abs().max())
+        assert torch.count_nonzero(g[..., :4]) > 0
+
+
+def _ids(sd1, text) -> list[int]:
+    return sd1.clip.tokenizer.clip_l.tokenizer(text)["input_ids"][1:-1]
+
+
+def test_style_template_prompts_are_the_style_lines(pack, sd1):
+    """The style preset's prompts ("a painting in the style of [name]"...) are what the text encoder
+    reads; the object preset's are not style prompts (the control)."""
+    style_words = _ids(sd1, "in the style of")
+
+    def prompts(template):
+        seen = []
+        emb = sd1.clip.cond_stage_model.clip_l.transformer.text_model.embeddings.token_embedding
+
+        def record(module, args):
+            if torch.is_grad_enabled():
+                seen.extend(tuple(row) for row in args[0].tolist())
+
+        with hooked(emb, record, pre=True):
+            train(pack, sd1, template=template, steps=6)
+        return seen
+
+    style, objects = prompts("style"), prompts("object")
+    assert len(style) == 6 and all(_contains(p, tuple(style_words)) for p in style)
+    assert not any(_contains(p, tuple(style_words)) for p in objects)
+
+
+def test_preview_prompt_and_seed_decide_the_preview(pack, sd1):
+    """The preview samples preview_prompt (the text encoder reads its words, outside training) with
+    preview_seed: the same seed gives the same picture, another seed another."""
+    lighthouse = tuple(_ids(sd1, "lighthouse"))
+    emb = sd1.clip.cond_stage_model.clip_l.transformer.text_model.embeddings.token_embedding
+
+    def preview(seed):
+        seen = []
+
+        def record(module, args):
+            if not torch.is_grad_enabled():
+                seen.extend(tuple(row) for row in args[0].tolist())
+
+        with hooked(emb, record, pre=True):
+            result = train(pack, sd1, steps=1, preview_every=1, preview_steps=2, preview_seed=seed,
+                           preview_prompt="a lighthouse, [name]")
+        assert any(_contains(p, lighthouse) for p in seen), "the preview prompt was not read"
+        assert len(result.previews) == 1
+        return result.previews[0]
+
+    a, again, other = preview(0), preview(0), preview(1)
+    assert torch.equal(a, again)
+    assert not torch.equal(a, other)
