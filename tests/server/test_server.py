@@ -138,3 +138,45 @@ def test_a_port_taken_before_the_bind_means_a_new_start(tmp_path, monkeypatch):
     finally:
         srv.stop()
         holder.close()
+
+
+def test_info_route_and_listing_follow_a_retrained_file(server):
+    """GET /tokensmith/embeddings/info answers 200 with the file's facts (family, shape, step, hashes
+    computed here), and after the file is retrained (same name and size, new contents, a later mtime)
+    both the info route and the listing give the new file's facts, not a cached old answer."""
+    import hashlib
+    import os
+
+    import torch
+
+    from tokensmith.embedding import Embedding
+    from tokensmith.writer import save_embedding
+
+    folder = server.base / "models" / "embeddings"
+
+    def write(value, step):
+        emb = Embedding({"clip_l": torch.full((3, 768), value)}, name="info-check", step=step)
+        path = save_embedding(emb, folder, "info-check", overwrite=True)
+        return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+    def facts():
+        with urllib.request.urlopen(server.url + "/tokensmith/embeddings/info?name=info-check", timeout=30) as resp:
+            assert resp.status == 200
+            info = json.loads(resp.read())
+        listed = {e["name"]: e for e in server.get("/tokensmith/embeddings")}["info-check"]
+        return info, listed
+
+    path, sha = write(0.1, 10)
+    info, listed = facts()
+    assert info["name"] == "info-check" and info["family"] == "sd1", info
+    assert info["encoders"] == {"clip_l": [3, 768]} and str(info["step"]) == "10", info
+    assert info["sha256"].lower() == sha and info["hash"].lower() == sha[:10], info
+    assert listed["sha256"].lower() == sha and listed["prompt"] == "embedding:info-check", listed
+
+    before = os.stat(path)
+    path, new_sha = write(0.2, 20)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))  # retrained later
+    assert path.stat().st_size == before.st_size and new_sha != sha
+    info, listed = facts()
+    assert str(info["step"]) == "20" and info["sha256"].lower() == new_sha, info
+    assert listed["sha256"].lower() == new_sha and str(listed["step"]) == "20", listed
