@@ -507,3 +507,52 @@ def test_preview_prompt_and_seed_decide_the_preview(pack, sd1):
     a, again, other = preview(0), preview(0), preview(1)
     assert torch.equal(a, again)
     assert not torch.equal(a, other)
+
+
+# ----------------------------------------------------------------------------- SD2: v-prediction
+
+
+def test_sd2_trains_on_the_v_prediction_target(pack, sd2):
+    """The SD2 model samples with ComfyUI's V_PREDICTION, and the loss is the squared error of the
+    model's output against the v target: the gradient on the output is c * (v_pred - v) with one c
+    for every sample whatever its noise level. v is computed here from ComfyUI's own VAE latents and
+    the model's input and noise level: x_t = input * sqrt(sigma^2 + 1), v = (x_t / (sigma^2 + 1) - x0)
+    * sqrt(sigma^2 + 1) / sigma. (An eps or x0 loss gives the same direction but a factor that
+    depends on sigma: 1 / (sigma^2 + 1) or sigma^2 / (sigma^2 + 1).)"""
+    import comfy.model_sampling
+
+    sampling = sd2.model.get_model_object("model_sampling")
+    assert isinstance(sampling, comfy.model_sampling.V_PREDICTION)
+    picture = pictures(1)
+    with torch.inference_mode():
+        x0 = sd2.model.model.process_latent_in(sd2.vae.encode(picture[:, :, :, :3])).float()
+    seen = []
+
+    def on_forward(module, args, output):
+        if output.requires_grad:
+            entry = {"x": args[0].detach().float().clone(), "t": args[1].detach().float().clone(),
+                     "out": output.detach().float().clone()}
+            output.register_hook(lambda g: entry.setdefault("grad", g.detach().float().clone()))
+            seen.append(entry)
+
+    with hooked(unet(sd2), on_forward):
+        result = train(pack, sd2, images=picture, steps=3, batch_size=2, latent_sampling="deterministic")
+    from safetensors import safe_open
+
+    with safe_open(result.path, framework="pt") as f:
+        assert f.metadata()["tokensmith.prediction"] == "v"
+    factors = []
+    for entry in seen:
+        sigma = sampling.sigma(entry["t"]).float().view(-1, 1, 1, 1)
+        xt = entry["x"] * (sigma**2 + 1).sqrt()
+        v = (xt / (sigma**2 + 1) - x0) * (sigma**2 + 1).sqrt() / sigma
+        residual = entry["out"] - v
+        for i in range(residual.shape[0]):
+            assert _cos(entry["grad"][i], residual[i]) > 0.999, _cos(entry["grad"][i], residual[i])
+            factors.append(float((entry["grad"][i] * residual[i]).sum() / (residual[i] ** 2).sum()))
+    sigmas = [float(s) for e in seen for s in sampling.sigma(e["t"])]
+    assert max(sigmas) > 2 * min(sigmas), sigmas  # noise levels far enough apart to tell the losses apart
+    # one factor, the mean squared error's 2 / (batch * latent size) (seen within 0.3%: sigma is read
+    # back from the timestep); an eps loss would spread it over (sigma^2 + 1) = 1.06 .. 5.5 here
+    mse = 2 / (2 * x0[0].numel())
+    assert all(f == pytest.approx(mse, rel=1e-2) for f in factors), (factors, sigmas)
