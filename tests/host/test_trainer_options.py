@@ -275,6 +275,47 @@ def test_gradient_accumulation_averages_k_batches_into_one_step(pack, sd1):
     torch.testing.assert_close(grads[0] * 3, single_grads[0], rtol=1e-4, atol=1e-12)
 
 
+def test_gradient_accumulation_weighs_each_picture_as_one_batch_of_k_times_b(pack, sd1):
+    """Each picture's gradient on the model's output is c * (eps_pred - noise) (the noise recovered
+    from the model's input and noise level, x0 from ComfyUI's VAE), and c is the same, 2 / (6 * latent
+    size), for 3 accumulated batches of 2 and for one batch of 6: every picture weighs the same in the
+    step either way, so the accumulated step is the batch-of-6 step for the same pictures and noise."""
+    sampling = sd1.model.get_model_object("model_sampling")
+    picture = pictures(1)
+    with torch.inference_mode():
+        x0 = sd1.model.model.process_latent_in(sd1.vae.encode(picture[:, :, :, :3])).float()
+
+    def factors(k, b):
+        seen = []
+
+        def on_forward(module, args, output):
+            if output.requires_grad:
+                entry = {"x": args[0].detach().float().clone(), "t": args[1].detach().float().clone(),
+                         "out": output.detach().float().clone()}
+                output.register_hook(lambda g: entry.setdefault("grad", g.detach().float().clone()))
+                seen.append(entry)
+
+        with hooked(unet(sd1), on_forward):
+            train(pack, sd1, images=picture, steps=2, batch_size=b, gradient_accumulation=k,
+                  latent_sampling="deterministic")
+        assert len(seen) == 2 * k and all(e["x"].shape[0] == b for e in seen)
+        out = []
+        for e in seen:
+            sigma = sampling.sigma(e["t"]).float().view(-1, 1, 1, 1)
+            noise = (e["x"] * (sigma**2 + 1).sqrt() - x0) / sigma
+            residual = e["out"] - noise
+            for i in range(b):
+                assert _cos(e["grad"][i], residual[i]) > 0.999
+                out.append(float((e["grad"][i] * residual[i]).sum() / (residual[i] ** 2).sum()))
+        return out
+
+    expected = 2 / (6 * x0[0].numel())
+    accumulated, batched = factors(3, 2), factors(1, 6)
+    assert len(accumulated) == len(batched) == 12
+    assert all(f == pytest.approx(expected, rel=1e-2) for f in accumulated), accumulated
+    assert all(f == pytest.approx(expected, rel=1e-2) for f in batched), batched
+
+
 # ----------------------------------------------------------------------------- learning-rate schedule
 
 
