@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 HOST = $$(cat .venv/comfyui_path)
 
-.PHONY: provision test test-hosts test-core lint demo serve bench fuzz clean
+.PHONY: provision test test-hosts test-core lint demo serve bench fuzz mutants clean
 
 provision:
 	@bash scripts/provision.sh
@@ -35,6 +35,12 @@ bench: provision
 
 fuzz: provision
 	COMFYUI_PATH=$(HOST) TOKENSMITH_FUZZ_EXAMPLES=$${TOKENSMITH_FUZZ_EXAMPLES:-100000} $(PY) -m pytest tests/fuzz -q
+
+# Mutation testing (not part of `make test`; long: see bench/mutants.py). A subset:
+# make mutants ARGS="tokensmith/names.py server_routes.py"
+mutants: provision
+	$(PY) -m pip install -q -r requirements-mutants.txt
+	COMFYUI_PATH=$(HOST) OMP_NUM_THREADS=1 $(PY) -m bench.mutants $(ARGS)
 
 clean:
 	rm -rf .pytest_cache .ruff_cache .hypothesis .demo test-artifacts
