@@ -148,6 +148,23 @@ def list_embeddings() -> list[dict]:
     return out
 
 
+def embedding_info_reply(name: str) -> tuple[int, dict]:
+    """The status and body of GET /tokensmith/embeddings/info?name=NAME: 400 with the name check's
+    message, 200 with the file's facts under the cleaned name, or 404."""
+    from . import comfy_adapter as adapter
+    from .tokensmith.names import validate_name
+
+    try:
+        clean = validate_name(name)
+    except ValueError as exc:
+        return 400, {"error": str(exc)}
+    for candidate in (name, clean + ".safetensors", clean + ".pt", clean + ".bin"):
+        path = adapter.embedding_path(candidate)
+        if path is not None:
+            return 200, describe_embedding(path, clean)
+    return 404, {"error": f"no embedding named {clean!r}"}
+
+
 def register_routes() -> None:
     server = _prompt_server()
     if server is None:
@@ -162,19 +179,8 @@ def register_routes() -> None:
 
     @routes.get("/tokensmith/embeddings/info")
     async def embedding_info(request):
-        from . import comfy_adapter as adapter
-        from .tokensmith.names import validate_name
-
-        name = request.query.get("name", "")
-        try:
-            clean = validate_name(name)
-        except ValueError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        for candidate in (name, clean + ".safetensors", clean + ".pt", clean + ".bin"):
-            path = adapter.embedding_path(candidate)
-            if path is not None:
-                return web.json_response(describe_embedding(path, clean))
-        return web.json_response({"error": f"no embedding named {clean!r}"}, status=404)
+        status, body = embedding_info_reply(request.query.get("name", ""))
+        return web.json_response(body, status=status)
 
     @routes.get("/tokensmith/runs")
     async def runs(request):
