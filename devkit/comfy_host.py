@@ -43,6 +43,10 @@ def import_comfy(base_directory: str | os.PathLike | None = None) -> Path:
             sys.path.insert(0, str(path))
         import comfy.options
 
+        # main.py imports ComfyUI's `utils` package before nodes.py puts comfy/ first on sys.path; without it a
+        # later `import utils` finds comfy/utils.py (server.py, and so comfy_extras/nodes_images.py, need the package)
+        import utils.install_util  # noqa: F401
+
         comfy.options.enable_args_parsing(False)
         import comfy.cli_args
 

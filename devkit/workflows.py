@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .comfy_host import REPO_ROOT
@@ -24,9 +24,12 @@ EXAMPLES_DIR = REPO_ROOT / "example_workflows"
 SD15_NAME = "v1-5-pruned-emaonly-fp16.safetensors"  # what most people have; the user picks their own
 # Where a missing model comes from, in the form the front end's missing-models dialog reads from a
 # loader node's properties (as ComfyUI's own templates carry it).
+SDXL_NAME = "sd_xl_base_1.0.safetensors"  # as ComfyUI's own SDXL templates name and source it
 MODEL_SOURCES = {
     SD15_NAME: {"url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
                        f"{SD15_NAME}?download=true", "directory": "checkpoints"},
+    SDXL_NAME: {"url": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/"
+                       f"{SDXL_NAME}?download=true", "directory": "checkpoints"},
 }
 DEMO_FOLDER = "tokensmith_demo"
 NEGATIVE_FOLDER = "tokensmith_negative"
@@ -34,6 +37,11 @@ TRAIN = "Train an embedding from images"
 NEGATIVE = "Train a negative embedding"
 MERGE = "Inspect and merge embeddings"
 CONVERT = "Convert old pt embeddings"
+STYLE = "Train a style embedding"
+SDXL = "Train an SDXL embedding"
+RESUME = "Resume a training run"
+MASKS = "Train with masks"
+COMPARE = "Compare snapshots by step"
 # UI node types that are not executed (the front end drops them from the API format).
 VIRTUAL_TYPES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 
@@ -44,6 +52,7 @@ class Example:
     api: dict
     columns: list  # (width, [node id or "note", ...]) left to right; nodes stack top to bottom
     note: str = ""  # markdown shown in a note node at the "note" place
+    titles: dict = field(default_factory=dict)  # node id -> title shown on the node
 
 
 def _train_inputs(name: str, template: str, init_text: str, steps: int, preview_prompt: str, **extra) -> dict:
@@ -56,10 +65,10 @@ def _train_inputs(name: str, template: str, init_text: str, steps: int, preview_
     }
 
 
-def _sampler(positive, negative, prefix: str, first_id: int) -> dict:
+def _sampler(positive, negative, prefix: str, first_id: int, size: int = 512) -> dict:
     i = first_id
     return {
-        str(i): {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
+        str(i): {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
         str(i + 1): {"class_type": "KSampler", "inputs": {
             "model": ["1", 0], "positive": positive, "negative": negative, "latent_image": [str(i), 0],
             "seed": 42, "steps": 20, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
@@ -162,7 +171,183 @@ def examples() -> list[Example]:
           "(SD1 -> SDXL adds G vectors).\n\nOne file at a time from a terminal, no ComfyUI needed:\n"
           "`python -m tokensmith convert OLD.pt NEW.safetensors`"),
     )
-    return [train, negative, merge, convert]
+    return [train, negative, merge, convert, *_more_examples(ckpt)]
+
+
+# The node's default learning rate (tokensmith.train_config) for the examples below, with its 500 steps.
+_DEFAULT_RUN = {"learning_rate": "5e-3 -> 5e-4"}
+
+
+def _use_prompt(first_id: int, prompt, before: str, after: str) -> dict:
+    """Concatenate 'BEFORE embedding:NAME AFTER' (the trainer's prompt output, so it runs after training)
+    -> CLIP Text Encode; and the negative prompt."""
+    i = first_id
+    return {
+        str(i): {"class_type": "StringConcatenate", "inputs": {"string_a": before, "string_b": prompt, "delimiter": " "}},
+        str(i + 1): {"class_type": "StringConcatenate", "inputs": {"string_a": [str(i), 0], "string_b": after,
+                                                                    "delimiter": " "}},
+        str(i + 2): {"class_type": "CLIPTextEncode", "inputs": {"text": [str(i + 1), 0], "clip": ["1", 1]}},
+        str(i + 3): {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry, low quality", "clip": ["1", 1]}},
+    }
+
+
+def _more_examples(ckpt: dict) -> list[Example]:
+    dataset = {"class_type": "LoadImageTextDataSetFromFolder", "inputs": {"folder": DEMO_FOLDER}}
+    loss = {"class_type": "TokenSmithLossGraph", "inputs": {"loss": ["3", 2], "width": 768, "height": 512}}
+    demo_files = ("The demo pictures in `ComfyUI/input/tokensmith_demo/` (written by `make demo`, or put your own "
+                  "there) stand in for yours.")
+    style = Example(
+        STYLE,
+        {
+            "1": ckpt, "2": dataset,
+            "3": {"class_type": "TokenSmithTrainEmbedding", "inputs": _train_inputs(
+                "tokensmith-style", "style", "painting", 500, "a lighthouse on a cliff, in the style of [name]",
+                **_DEFAULT_RUN)},
+            "4": loss,
+            **_use_prompt(5, ["3", 1], "a lighthouse on a cliff, in the style of", "sharp focus"),
+            **_sampler(["7", 0], ["8", 0], "tokensmith/style", 9),
+        },
+        [(380, ["note", "1", "2"]), (470, ["3"]), (420, ["4", "5", "6"]), (360, ["7", "8", "9"]),
+         (340, ["10", "11", "12"])],
+        (
+          "## Train a style embedding\n"
+          "A look (a painter, a film stock, a palette) rather than a thing: 10–30 pictures that share the "
+          "style and differ in subject, in `ComfyUI/input/tokensmith_demo/` (or change the folder). "
+          f"{demo_files}\n\n"
+          "The `style` template trains on prompts such as `a painting in the style of [name]`, with each "
+          "picture's caption after it. Use it as `... in the style of embedding:tokensmith-style`."),
+    )
+    sdxl = Example(
+        SDXL,
+        {
+            "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SDXL_NAME}},
+            "2": dataset,
+            "3": {"class_type": "TokenSmithTrainEmbedding", "inputs": {**_train_inputs(
+                "tokensmith-ring-sdxl", "object", "ring", 500, "a photo of [name] on a table", **_DEFAULT_RUN),
+                "images": ["21", 0]}},
+            "4": loss,
+            **_use_prompt(5, ["3", 1], "a photo of", "on a wooden table, sharp focus"),
+            **_sampler(["7", 0], ["8", 0], "tokensmith/sdxl", 9, size=1024),
+            "20": {"class_type": "ResizeImagesByShorterEdge", "inputs": {"images": ["2", 0], "shorter_edge": 1024}},
+            "21": {"class_type": "CenterCropImages", "inputs": {"images": ["20", 0], "width": 1024, "height": 1024}},
+        },
+        [(380, ["note", "1", "2", "20", "21"]), (470, ["3"]), (420, ["4", "5", "6"]), (360, ["7", "8", "9"]),
+         (340, ["10", "11", "12"])],
+        (
+          "## Train an SDXL embedding\n"
+          f"Needs the SDXL base checkpoint `{SDXL_NAME}` in `ComfyUI/models/checkpoints/` (the front end offers "
+          "the download from stabilityai's Hugging Face page), or any SDXL checkpoint. "
+          f"{demo_files}\n\n"
+          "SDXL trains at 1024×1024: *Resize Images by Shorter Edge* and *Center Crop Images* bring every "
+          "picture there. The file holds `clip_l` and `clip_g` vectors, read by every SDXL checkpoint."),
+    )
+    resume = Example(
+        RESUME,
+        {
+            "1": ckpt, "2": dataset,
+            "3": {"class_type": "TokenSmithTrainEmbedding", "inputs": _train_inputs(
+                "tokensmith-ring", "object", "ring", 1200, "a photo of [name] on a table", resume_from="tokensmith-ring")},
+            "4": loss,
+            **_use_prompt(5, ["3", 1], "a photo of", "on a wooden table, sharp focus"),
+            **_sampler(["7", 0], ["8", 0], "tokensmith/resume", 9),
+        },
+        [(380, ["note", "1", "2"]), (470, ["3"]), (420, ["4", "5", "6"]), (360, ["7", "8", "9"]),
+         (340, ["10", "11", "12"])],
+        (
+          "## Resume a training run\n"
+          "Continues `tokensmith-ring` (made by *Train an embedding from images* or `make demo`: run one of those "
+          "first) from its last step to `steps` in all, with the optimizer state TokenSmith kept in "
+          "`ComfyUI/output/tokensmith_state/`, the same settings and the same pictures. `resume_from` is under "
+          "the trainer's advanced inputs; the other settings are the training example's. The same `name` "
+          "updates the file; another name keeps the old one."),
+    )
+    masks = Example(
+        MASKS,
+        {
+            "1": ckpt, "2": dataset,
+            "3": {"class_type": "TokenSmithTrainEmbedding", "inputs": {**_train_inputs(
+                "tokensmith-ring-masked", "object", "ring", 500, "a photo of [name] on a table", **_DEFAULT_RUN),
+                "masks": ["22", 0]}},
+            "4": loss,
+            **_use_prompt(5, ["3", 1], "a photo of", "on a wooden table, sharp focus"),
+            **_sampler(["7", 0], ["8", 0], "tokensmith/masked", 9),
+            "20": {"class_type": "ImageToMask", "inputs": {"image": ["2", 0], "channel": "green"}},
+            "21": {"class_type": "InvertMask", "inputs": {"mask": ["20", 0]}},
+            "22": {"class_type": "ThresholdMask", "inputs": {"mask": ["21", 0], "value": 0.6}},
+            "23": {"class_type": "MaskToImage", "inputs": {"mask": ["22", 0]}},
+            "24": {"class_type": "PreviewImage", "inputs": {"images": ["23", 0]}},
+        },
+        [(340, ["note", "1", "2"]), (260, ["20", "21", "22", "23", "24"]), (470, ["3"]), (400, ["4", "5", "6"]),
+         (340, ["7", "8", "9"]), (340, ["10", "11", "12"])],
+        (
+          "## Train with masks\n"
+          "A mask per picture says where the loss counts: white = learn this, black = ignore (the background, "
+          "a person next to your dog). Here the masks are made from the demo pictures themselves (the ring is "
+          "dark in the green channel: invert, threshold), and shown in the preview. "
+          f"{demo_files}\n\n"
+          "For your own pictures: paint masks in an editor and load them with a second *Load Image Dataset from "
+          "Folder* and *Convert Image to Mask*, one mask per picture, in the same order and size."),
+    )
+    return [style, sdxl, resume, masks, _compare_example(ckpt, dataset)]
+
+
+COMPARE_STEPS = (100, 200, 300)
+
+
+def _compare_example(ckpt: dict, dataset: dict) -> Example:
+    """Train with save_every, then the same seed and prompt with each snapshot, side by side in one picture."""
+    name = "tokensmith-ring-steps"
+    api = {
+        "1": ckpt, "2": dataset,
+        "3": {"class_type": "TokenSmithTrainEmbedding", "inputs": _train_inputs(
+            name, "object", "ring", COMPARE_STEPS[-1], "a photo of [name] on a table",
+            learning_rate="5e-3 -> 5e-4", early_stop_patience=0, save_every=COMPARE_STEPS[0])},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry, low quality", "clip": ["1", 1]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
+    }
+    titles = {}
+    columns = [(380, ["note", "1", "2"]), (470, ["3", "4", "5"])]
+    decoded = []
+    for k, step in enumerate(COMPARE_STEPS):
+        i = 10 + 10 * k
+        last = step == COMPARE_STEPS[-1]
+        # the snapshot NAME-stepNNNNN; the last step's is the file itself (NAME)
+        suffix = " on a wooden table, sharp focus" if last else f"-step{step:05d} on a wooden table, sharp focus"
+        api.update({
+            str(i): {"class_type": "StringConcatenate", "inputs": {"string_a": ["3", 1], "string_b": suffix,
+                                                                   "delimiter": ""}},
+            str(i + 1): {"class_type": "CLIPTextEncode", "inputs": {"text": [str(i), 0], "clip": ["1", 1]}},
+            str(i + 2): {"class_type": "KSampler", "inputs": {
+                "model": ["1", 0], "positive": [str(i + 1), 0], "negative": ["4", 0], "latent_image": ["5", 0],
+                "seed": 42, "steps": 20, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+            str(i + 3): {"class_type": "VAEDecode", "inputs": {"samples": [str(i + 2), 0], "vae": ["1", 2]}},
+        })
+        label = f"step {step}" + (" (final)" if last else "")
+        titles.update({str(i): f"{label}: prompt", str(i + 1): f"{label}: text encode", str(i + 2): f"{label}: sampler",
+                       str(i + 3): f"{label}: picture"})
+        columns.append((340, [str(i), str(i + 1), str(i + 2), str(i + 3)]))
+        decoded.append([str(i + 3), 0])
+    left = decoded[0]
+    for k, right in enumerate(decoded[1:]):
+        node = str(50 + k)
+        api[node] = {"class_type": "ImageStitch", "inputs": {"image1": left, "direction": "right",
+                                                             "match_image_size": True, "spacing_width": 8,
+                                                             "spacing_color": "white", "image2": right}}
+        left = [node, 0]
+    api["60"] = {"class_type": "SaveImage", "inputs": {"images": left, "filename_prefix": "tokensmith/compare"}}
+    titles["60"] = "steps " + ", ".join(map(str, COMPARE_STEPS)) + ", left to right"
+    columns.append((420, [*(str(50 + k) for k in range(len(decoded) - 1)), "60"]))
+    steps = ", ".join(f"`{name}-step{s:05d}`" for s in COMPARE_STEPS[:-1])
+    note = (
+        "## Compare snapshots by step\n"
+        f"Trains `{name}` for {COMPARE_STEPS[-1]} steps with `save_every` {COMPARE_STEPS[0]} (the snapshots "
+        f"{steps}, then the file itself), then makes one picture with each: the same prompt, seed and sampler, "
+        "side by side, left to right by step (each column's nodes are titled with its step). Pick the step "
+        "that looks right, and use that snapshot's name in your prompts.\n\n"
+        "The demo pictures in `ComfyUI/input/tokensmith_demo/` (from `make demo`, or yours) are the training "
+        "set. To compare the snapshots of an earlier run instead, type its names into the prompts and delete "
+        "the trainer.")
+    return Example(COMPARE, api, columns, note, titles)
 
 
 def example_path(name: str, ext: str = "json") -> Path:
@@ -248,10 +433,15 @@ def set_inputs(api: dict, class_type: str, **values) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Building example_workflows/ through the real front end
 
-BUILD_JS = """async ([api, columns, note, name]) => {
+BUILD_JS = """async ([api, columns, note, name, titles]) => {
   const app = window.app;
   app.loadApiJson(api, name);
   await new Promise((r) => setTimeout(r, 300));
+  for (const [id, title] of Object.entries(titles)) {
+    const node = app.graph.getNodeById(Number(id));
+    if (!node) throw new Error("no node " + id);
+    node.title = title;
+  }
   for (const node of app.graph._nodes) {
     // examples keep their seeds: the sampler's "randomize" would change it on every queue
     const control = node.widgets?.find((w) => w.name === "control_after_generate");
@@ -318,7 +508,7 @@ def build(out_dir: Path = EXAMPLES_DIR) -> list[Path]:
         with ComfyServer(Path(tmp)) as server, open_browser() as browser:
             page = new_comfy_page(browser, server.url, viewport=(1600, 1000))
             for ex in examples():
-                ui_graph = page.evaluate(BUILD_JS, [ex.api, ex.columns, ex.note, ex.name])
+                ui_graph = page.evaluate(BUILD_JS, [ex.api, ex.columns, ex.note, ex.name, ex.titles])
                 ui_graph.setdefault("extra", {})["tokensmith"] = {"example": ex.name}
                 add_model_sources(ui_graph)
                 path = out_dir / f"{ex.name}.json"
