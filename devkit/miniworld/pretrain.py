@@ -1,0 +1,309 @@
+"""python -m devkit.miniworld.pretrain [PATH]: pre-train the mini-world checkpoint on this CPU.
+
+What it writes is an ordinary SD1.5 checkpoint (ComfyUI's CheckpointLoaderSimple detects it as SD1.5):
+- the text encoder is a full CLIP-L with seeded random weights, never trained;
+- the VAE is ComfyUI's TAESD layout (x8, 4 latent channels, 64-wide convolutions; ComfyUI picks it
+  from the `first_stage_model.taesd_*` keys), trained to reconstruct the world's pictures, its
+  vae_scale / vae_shift set so that the UNet's latents have mean 0 and spread 1;
+- the UNet is the smallest SD1.5 layout detection accepts (model_channels 320, context 768, one
+  level, one res block, cross-attention in the input block and the last output block, no middle
+  block), trained on the VAE's latents of captioned pictures, conditioned on the frozen CLIP's
+  encoding of each caption (1 in 10 on the empty prompt, for CFG).
+Each stage prints its wall and CPU seconds; they are also kept in the file's metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import world
+
+UNET = {
+    "use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 320,
+    "use_spatial_transformer": True, "legacy": False, "adm_in_channels": None, "context_dim": 768,
+    "use_linear_in_transformer": False, "channel_mult": [1], "num_res_blocks": [1], "transformer_depth": [1],
+    "transformer_depth_output": [0, 1], "transformer_depth_middle": -2, "use_temporal_attention": False,
+    "use_temporal_resblock": False,
+}
+
+
+class Settings:
+    seed = 0
+    images_per_caption = 4
+    vae_steps = 120
+    vae_batch = 16
+    vae_crop = 32
+    vae_lr = 2e-3
+    unet_steps = 220
+    unet_batch = 16
+    unet_lr = 1e-3
+    # x0-MSE weight min(1/sigma^2, 5) is eps-MSE with min-SNR-5; at high noise it leaves the picture's
+    # layout (what the prompt decides) almost unweighted, so the weight never drops below this floor
+    weight_floor = 0.2
+    uncond_p = 0.1
+
+
+class Clock:
+    """Wall and CPU (process) seconds per stage."""
+
+    def __init__(self):
+        self.stages: dict[str, dict[str, float]] = {}
+        self._w, self._c = time.perf_counter(), time.process_time()
+
+    def lap(self, name: str) -> None:
+        w, c = time.perf_counter(), time.process_time()
+        self.stages[name] = {"wall_s": round(w - self._w, 1), "cpu_s": round(c - self._c, 1)}
+        print(f"  {name}: {w - self._w:.1f} s wall, {c - self._c:.1f} s CPU", flush=True)
+        self._w, self._c = w, c
+
+    def total(self) -> dict[str, float]:
+        return {k: round(sum(s[k] for s in self.stages.values()), 1) for k in ("wall_s", "cpu_s")}
+
+
+def _init_(module: torch.nn.Module, seed: int, zero=()) -> None:
+    """Seeded weights: N(0, 1/fan_in) for matrices and kernels, norms at 1, biases at 0, and the
+    parameters whose names contain one of `zero` at 0 (blocks that start as identities)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if any(z in name for z in zero):
+                p.zero_()
+            elif p.dim() >= 2:
+                std = 0.014 if "embedding" in name else 1.0 / math.sqrt(p[0].numel())
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+            elif name.endswith("weight"):
+                p.fill_(1.0)
+            else:
+                p.zero_()
+
+
+def _round_half(module: torch.nn.Module) -> None:
+    """The weights as the fp16 checkpoint will give them back."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(p.half().float())
+
+
+def build_clip(seed: int):
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.supported_models_base
+
+    target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
+    clip = comfy.sd.CLIP(target=target, embedding_directory=[], model_options={"dtype": torch.float32})
+    _init_(clip.cond_stage_model, seed)
+    _round_half(clip.cond_stage_model)
+    return clip
+
+
+def encode_captions(clip, captions: list[str], batch: int = 16) -> torch.Tensor:
+    """[N, 77, 768]: ComfyUI's encoding of each caption. Captions go through the encoder `batch` at a
+    time, as the 77-token chunks of one long prompt (with every weight 1.0, exactly each caption's
+    own encoding)."""
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(captions), batch):
+            chunks = [clip.tokenize(c)["l"] for c in captions[i:i + batch]]
+            assert all(len(c) == 1 for c in chunks), "a caption longer than one chunk"
+            cond = clip.encode_from_tokens({"l": [c[0] for c in chunks]})
+            out.append(cond.reshape(len(chunks), -1, cond.shape[-1]))
+    return torch.cat(out).float().clone()
+
+
+def pictures(scenes: list) -> torch.Tensor:
+    """[N, 3, H, W] in 0..1."""
+    return torch.from_numpy(np.stack([np.asarray(world.draw(s), dtype=np.float32) / 255.0 for s in scenes])).permute(0, 3, 1, 2).contiguous()
+
+
+def _start_vae(vae, seed: int) -> None:
+    """A starting point that already works: the encoder averages each 8x8 patch's colour into latent
+    channels 0-2 (centred), the decoder paints each patch in that colour (nearest up-sampling), every
+    Block an identity (its last convolution at zero) and channel 3 free. Training then sharpens it."""
+    _init_(vae, seed, zero=["conv.4.weight"])
+    enc, dec = vae.taesd_encoder, vae.taesd_decoder
+    with torch.no_grad():
+        for conv in (enc[0], enc[2], enc[6], enc[10], dec[1], dec[7], dec[12], dec[17], enc[14], dec[19]):
+            conv.weight.mul_(0.01)
+            if conv.bias is not None:
+                conv.bias.zero_()
+        for k in range(3):
+            enc[0].weight[k, k, 1, 1] = 1.0  # colour (0..1) into channels 0-2
+            for down in (enc[2], enc[6], enc[10]):  # stride 2, taps 1-2 = input pixels 2i, 2i+1
+                down.weight[k, k, 1:, 1:] = 0.25
+            enc[14].weight[k, k, 1, 1] = 2.0
+            enc[14].bias[k] = -1.0  # latent = 2 x colour - 1
+            dec[1].weight[k, k, 1, 1] = 0.5
+            dec[1].bias[k] = 0.5  # back to the colour, >= 0 through the ReLUs
+            for up in (dec[7], dec[12], dec[17]):
+                up.weight[k, k, 1, 1] = 1.0
+            dec[19].weight[k, k, 1, 1] = 1.0
+
+
+def train_vae(images: torch.Tensor, s: Settings, gen: torch.Generator):
+    import comfy.taesd.taesd
+
+    vae = comfy.taesd.taesd.TAESD()
+    _start_vae(vae, s.seed + 2)
+    enc, dec = vae.taesd_encoder, vae.taesd_decoder
+    params = list(enc.parameters()) + list(dec.parameters())
+    opt = torch.optim.Adam(params, lr=s.vae_lr)
+    n, size = images.shape[0], images.shape[-1]
+    for step in range(s.vae_steps):
+        for g in opt.param_groups:
+            g["lr"] = s.vae_lr * 0.5 * (1 + math.cos(math.pi * step / s.vae_steps))
+        idx = torch.randint(0, n, (s.vae_batch,), generator=gen)
+        ox, oy = (int(v) // 8 * 8 for v in torch.randint(0, size - s.vae_crop + 1, (2,), generator=gen))
+        x = images[idx, :, oy:oy + s.vae_crop, ox:ox + s.vae_crop]
+        z = enc(x)
+        z_noisy = z + 0.1 * torch.randn(z.shape, generator=gen)
+        loss = (dec(z_noisy) - x).abs().mean() + 1e-3 * z.pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 40 == 0 or step == s.vae_steps - 1:
+            print(f"    vae step {step}: loss {loss.item():.4f}", flush=True)
+    with torch.no_grad():
+        z = torch.cat([enc(images[i:i + 64]) for i in range(0, n, 64)])
+        err = (dec(z[:64]) - images[:64]).abs().mean().item()
+        mu, sd = z.mean().item(), z.std().item()
+        # ComfyUI: stored latent = enc / vae_scale + vae_shift; the model sees 0.18215 x that
+        vae.vae_scale.fill_(0.18215 * sd)
+        vae.vae_shift.fill_(-mu / (0.18215 * sd))
+    print(f"    vae reconstruction error {err * 255:.1f}/255, latent mean {mu:.2f} std {sd:.2f}", flush=True)
+    return vae, (z - mu) / sd, err
+
+
+def build_unet(seed: int):
+    import comfy.supported_models
+
+    config = comfy.supported_models.SD15(dict(UNET))
+    config.set_inference_dtype(torch.float32, None)
+    base = config.get_model({})
+    # output convolutions, res blocks' second convs and transformers' out projections at zero, as
+    # the original UNet starts
+    _init_(base.diffusion_model, seed, zero=["out.2.", "out_layers.3.", "proj_out."])
+    return base
+
+
+def train_unet(base, latents: torch.Tensor, cond_index: torch.Tensor, conds: torch.Tensor, s: Settings,
+               gen: torch.Generator) -> list[float]:
+    """x0-MSE weighted by 1/sigma^2 clamped to [weight_floor, 5], timesteps uniform."""
+    unet = base.diffusion_model
+    params = [p for p in unet.parameters()]
+    opt = torch.optim.AdamW(params, lr=s.unet_lr, weight_decay=0.0)
+    sampling = base.model_sampling
+    n = latents.shape[0]
+    empty = conds.shape[0] - 1
+    losses = []
+    warm = 10
+    for step in range(s.unet_steps):
+        lr = s.unet_lr * min(1.0, (step + 1) / warm) * (0.55 + 0.45 * math.cos(math.pi * step / s.unet_steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = torch.randint(0, n, (s.unet_batch,), generator=gen)
+        x0 = latents[idx]
+        ci = cond_index[idx].clone()
+        ci[torch.rand(s.unet_batch, generator=gen) < s.uncond_p] = empty
+        t = torch.randint(0, len(sampling.sigmas), (s.unet_batch,), generator=gen)
+        sigma = sampling.sigmas[t].float()
+        noise = torch.randn(x0.shape, generator=gen)
+        xt = x0 + noise * sigma.view(-1, 1, 1, 1)
+        pred = base.apply_model(xt, sigma, c_crossattn=conds[ci])
+        w = (1.0 / sigma**2).clamp(min=s.weight_floor, max=5.0)
+        loss = (((pred - x0) ** 2).mean(dim=(1, 2, 3)) * w).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if step % 20 == 0 or step == s.unet_steps - 1:
+            print(f"    unet step {step}: loss {np.mean(losses[-20:]):.4f}", flush=True)
+    return losses
+
+
+def build(path: Path, s: Settings | None = None) -> dict:
+    """Pre-train and write the checkpoint at path; returns the build report."""
+    from devkit.comfy_host import import_comfy
+
+    s = s or Settings()
+    torch.manual_seed(s.seed)
+    import_comfy(tempfile.mkdtemp(prefix="tokensmith-miniworld-"))
+    import comfy.utils
+
+    clock = Clock()
+    print("mini-world: pre-training the checkpoint on this CPU", flush=True)
+    gen = torch.Generator().manual_seed(s.seed)
+    rng = random.Random(s.seed)
+    combos = world.all_captions()
+    scenes = [world.random_scene(rng, *c) for c in combos for _ in range(s.images_per_caption)]
+    cond_index = torch.tensor([i for i in range(len(combos)) for _ in range(s.images_per_caption)])
+    images = pictures(scenes)
+    clock.lap(f"pictures ({len(scenes)})")
+
+    clip = build_clip(s.seed + 1)
+    captions = [world.Scene(*c).caption for c in combos]
+    conds = encode_captions(clip, [*captions, ""])
+    clock.lap(f"text encoder (frozen, random) on {len(captions)} captions")
+
+    vae, latents, vae_err = train_vae(images, s, gen)
+    clock.lap(f"VAE ({s.vae_steps} steps)")
+
+    base = build_unet(s.seed + 3)
+    losses = train_unet(base, latents, cond_index, conds, s, gen)
+    clock.lap(f"UNet ({s.unet_steps} steps x {s.unet_batch})")
+
+    report = {"stages": clock.stages, "total": clock.total(), "vae_error_255": round(vae_err * 255, 2),
+              "unet_loss_start": float(np.mean(losses[:10])), "unet_loss_end": float(np.mean(losses[-10:])),
+              "threads": torch.get_num_threads()}
+    with torch.no_grad():
+        sd = base.state_dict_for_saving(clip.get_sd(), vae.state_dict(), None)
+        sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    comfy.utils.save_torch_file(sd, str(partial), metadata={
+        "tokensmith.note": "the mini-world: coloured shapes, pre-trained here (devkit/miniworld)",
+        "tokensmith.build": json.dumps(report)})
+    partial.rename(path)
+    clock.lap("write")
+    report["total"] = clock.total()
+    path.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.0f} MB) in {report['total']['wall_s']} s wall, "
+          f"{report['total']['cpu_s']} s CPU", flush=True)
+    return report
+
+
+def main(argv=None) -> int:
+    from . import checkpoint_path
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("path", type=Path, nargs="?", default=None)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--unet-steps", type=int, default=None)
+    parser.add_argument("--vae-steps", type=int, default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    s = Settings()
+    if args.unet_steps is not None:
+        s.unet_steps = args.unet_steps
+    if args.vae_steps is not None:
+        s.vae_steps = args.vae_steps
+    path = args.path or checkpoint_path()
+    if path.exists():
+        print(f"{path} exists; leaving it as it is")
+        return 0
+    build(path, s)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
