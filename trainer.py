@@ -25,30 +25,30 @@ from dataclasses import dataclass, field
 import torch
 
 from . import comfy_adapter as adapter
+from .tokensmith import run_state
 from .tokensmith.embedding import Embedding
 from .tokensmith.errors import EmbeddingFileError, FamilyMismatchError, TrainingError
 from .tokensmith.formats import read_embedding
 from .tokensmith.history import TrainingHistory
 from .tokensmith.names import safe_join, validate_name
-from .tokensmith.run_state import RunState, read_run_state, write_run_state
+from .tokensmith.objective import Objective
+from .tokensmith.run_state import read_run_state, write_run_state
 from .tokensmith.schedule import parse_schedule
 from .tokensmith.templates import render, shape_caption, template_lines
 from .tokensmith.train_config import TrainConfig
-from .tokensmith.training_data import LATENT_SCALE, Bucket, TrainingData, TrainingSet, ValidationBatch
+from .tokensmith.training_data import Bucket, TrainingData, TrainingSet, ValidationBatch
 from .tokensmith.training_math import (
     EarlyStopper,
     NaNGuard,
     NormControl,
-    load_optimizer_state,
     make_optimizer,
-    optimizer_state_to_tensors,
     spread_init_vectors,
     vector_norms,
 )
 from .tokensmith.writer import save_embedding
 from .trainer_report import Previewer, Reporter, TrainProgress, mean_norms, out_of_memory_advice
 
-__all__ = ["LATENT_SCALE", "TrainProgress", "TrainResult", "Trainer", "TrainingError", "state_path"]
+__all__ = ["TrainProgress", "TrainResult", "Trainer", "TrainingError", "state_path"]
 
 STATE_SUBFOLDER = "tokensmith_state"  # resume state lives in ComfyUI's output folder, never next to embeddings
 PROGRESS_EVERY_S = 0.5
@@ -79,12 +79,119 @@ def _step_seed(seed: int, step: int, salt: int = 0) -> int:
     return (seed * 1_000_003 + step * 7_919 + salt) % (2**63)
 
 
+# ---------------------------------------------------------------- checks (cheap, before any work)
+
+
+def check_schedule(cfg: TrainConfig):
+    """The learning-rate schedule, parsed, with a sane top rate."""
+    schedule = parse_schedule(cfg.learning_rate, cfg.steps, cfg.lr_warmup_steps, cfg.schedule_shape())
+    top_rate = max([r for r, _ in schedule.points] + [schedule.floor])
+    if top_rate > MAX_LEARNING_RATE:
+        raise TrainingError(
+            f"learning rate {top_rate:g} is far too large (textual inversion works around 1e-3 .. 5e-2; "
+            f"the limit is {MAX_LEARNING_RATE:g})"
+        )
+    return schedule
+
+
+def check_family(model, clip) -> str:
+    """The family MODEL and CLIP share (sd1 / sd2 / sdxl), or a FamilyMismatchError."""
+    model_fam = adapter.model_family(model)
+    clip_fam = adapter.clip_family(clip)
+    if model_fam == "unknown" or clip_fam not in ("sd1", "sd2", "sdxl"):
+        raise FamilyMismatchError(
+            f"TokenSmith trains SD1.x, SD2.x and SDXL embeddings; this MODEL is {model_fam!r} and its CLIP {clip_fam!r}"
+        )
+    if model_fam != clip_fam:
+        raise FamilyMismatchError(
+            f"MODEL is {model_fam} but CLIP is {clip_fam}: connect the MODEL and CLIP from the same checkpoint loader"
+        )
+    return model_fam
+
+
+def find_resume(resume_from: str, cfg: TrainConfig, encoders) -> tuple[str, str]:
+    """The embedding to resume from, found and checked (header only): its name and path."""
+    from .tokensmith.formats import read_header
+
+    stem, ext = os.path.splitext(resume_from)
+    if ext.lower() not in (".safetensors", ".pt", ".bin"):
+        stem, ext = resume_from, ""
+    name = validate_name(stem)
+    candidates = [resume_from] if ext else [stem + e for e in (".safetensors", ".pt", ".bin")]
+    path = next((p for p in map(adapter.embedding_path, candidates) if p is not None), None)
+    if path is None:
+        raise TrainingError(f"resume_from: no embedding named {resume_from!r} in the embeddings folders")
+    # the only check of the file's shapes: a resumed run copies its vectors as they are
+    header = read_header(path)
+    wanted = {e.key: (cfg.num_vectors, e.width) for e in encoders}
+    shapes = header.get("encoders", {})
+    if {k: tuple(v) for k, v in shapes.items()} != wanted:
+        raise FamilyMismatchError(
+            f"resume_from {resume_from!r} holds {shapes} (family {header.get('family')}), but this run "
+            f"trains {sorted(wanted)} with num_vectors={cfg.num_vectors}: match num_vectors and the model family"
+        )
+    return name, path
+
+
+def check_target(cfg: TrainConfig, overwrite: bool, resume_name: str | None) -> None:
+    """A taken name is refused unless overwrite is on (or the run resumes that embedding)."""
+    target = safe_join(adapter.primary_embedding_folder(), validate_name(cfg.name) + ".safetensors")
+    if target.exists() and not overwrite and resume_name != cfg.name:
+        raise EmbeddingFileError(target, "an embedding with this name exists: turn on overwrite, or choose another name")
+
+
+class BatchLoss:
+    """The loss of one batch: its prompts through the text encoder with the vectors in their slots,
+    its latents noised to the drawn levels, the diffusion model's prediction, the model's Objective."""
+
+    def __init__(self, model, clip, encoders, objective: Objective, rows, cfg: TrainConfig, device: torch.device):
+        self.model, self.clip, self.encoders, self.objective = model, clip, encoders, objective
+        self.rows, self.cfg, self.device = rows, cfg, device
+
+    def latents(self, bucket: Bucket, positions: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        x = bucket.mean[positions]
+        if self.cfg.latent_sampling == "random":
+            x = x + bucket.std[positions] * torch.randn(x.shape, generator=gen)
+        return adapter.process_latents_in(self.model, x.to(self.device))
+
+    def __call__(self, params, prompts: list[str], bucket: Bucket, positions: torch.Tensor, gen: torch.Generator,
+                 u: torch.Tensor | None = None, noise: torch.Tensor | None = None, weighted: bool = True) -> torch.Tensor:
+        token_sets = [adapter.fill_slots(self.rows.tokens(prompt), params, self.encoders) for prompt in prompts]
+        cond, pooled = adapter.encode_batch(self.clip, token_sets)
+        cond = cond.to(self.device)
+        pooled = None if pooled is None else pooled.to(self.device)
+        x0 = self.latents(bucket, positions, gen)
+        if u is None:
+            u = torch.rand(len(positions), generator=gen)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=gen)
+        sigmas = adapter.sample_sigmas(self.model, u).to(self.device)
+        xt = adapter.noisy_latents(self.model, sigmas, noise.to(self.device), x0)
+        x0_pred = adapter.denoise(self.model, xt, sigmas, cond, pooled, bucket.size)
+        mask = None if bucket.masks is None else bucket.masks[positions].to(self.device)
+        return self.objective.loss(x0_pred, x0, sigmas, mask=mask,
+                                   min_snr_gamma=(self.cfg.min_snr_gamma or None) if weighted else None)
+
+    def validation(self, params, batches: list[ValidationBatch]) -> float:
+        """The mean loss over a fixed validation set, without gradients."""
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for batch in batches:
+                # unweighted (no min-SNR): the score must not depend on how the training loss is weighted
+                loss = self(params, batch.prompts, batch.bucket, batch.positions, torch.Generator(),
+                            u=batch.u, noise=batch.noise, weighted=False)
+                total += float(loss) * len(batch.positions)
+                count += len(batch.positions)
+        return total / count
+
+
 @dataclass
 class Session:
     """What one run works with, set up once by run(): the data, prompt rows, precision, controls."""
 
     data: TrainingSet
     rows: adapter.PromptRows
+    loss: BatchLoss
     autocast: contextlib.AbstractContextManager
     scaler: torch.amp.GradScaler | None
     norm_controls: dict[str, NormControl]
@@ -127,16 +234,17 @@ class Trainer:
                                                  family=adapter.model_family(model),
                                                  crop_to_multiple_of_8=self.cfg.crop_to_multiple_of_8)
         self.templates = template_lines(self.cfg.template, self.cfg.custom_template)
-        self.schedule = self._check_schedule()
-        self.family = self._check_family()
+        self.schedule = check_schedule(self.cfg)
+        self.family = check_family(model, clip)
         self.objective = adapter.training_objective(model)
         self.prediction = self.objective.kind
         self.encoders = adapter.encoders_of(clip)
         self.device = adapter.training_device(model)
         self.resume_from = resume_from.strip()
-        self.resume_name: str | None = None  # the resumed embedding's name, without extension
-        self.resume_path = self._check_resume() if self.resume_from else None
-        self._check_targets()
+        # the resumed embedding's name (without extension) and file
+        self.resume_name, self.resume_path = find_resume(self.resume_from, self.cfg, self.encoders) \
+            if self.resume_from else (None, None)
+        check_target(self.cfg, overwrite, self.resume_name)
         self.session: Session | None = None  # the last run's (validation_loss uses it afterwards)
 
     # ---------------------------------------------------------------- the checked inputs
@@ -171,61 +279,6 @@ class Trainer:
     @property
     def latent_masks(self) -> torch.Tensor | None:
         return self._one_bucket().masks
-
-    # ---------------------------------------------------------------- checks (cheap, before any work)
-
-    def _check_schedule(self):
-        schedule = parse_schedule(self.cfg.learning_rate, self.cfg.steps, self.cfg.lr_warmup_steps,
-                                  self.cfg.schedule_shape())
-        top_rate = max([r for r, _ in schedule.points] + [schedule.floor])
-        if top_rate > MAX_LEARNING_RATE:
-            raise TrainingError(
-                f"learning rate {top_rate:g} is far too large (textual inversion works around 1e-3 .. 5e-2; "
-                f"the limit is {MAX_LEARNING_RATE:g})"
-            )
-        return schedule
-
-    def _check_family(self) -> str:
-        model_fam = adapter.model_family(self.model)
-        clip_fam = adapter.clip_family(self.clip)
-        if model_fam == "unknown" or clip_fam not in ("sd1", "sd2", "sdxl"):
-            raise FamilyMismatchError(
-                f"TokenSmith trains SD1.x, SD2.x and SDXL embeddings; this MODEL is {model_fam!r} and its CLIP {clip_fam!r}"
-            )
-        if model_fam != clip_fam:
-            raise FamilyMismatchError(
-                f"MODEL is {model_fam} but CLIP is {clip_fam}: connect the MODEL and CLIP from the same checkpoint loader"
-            )
-        return model_fam
-
-    def _check_resume(self) -> str:
-        """Find and check the embedding to resume from (header only), before any expensive work."""
-        from .tokensmith.formats import read_header
-
-        stem, ext = os.path.splitext(self.resume_from)
-        if ext.lower() not in (".safetensors", ".pt", ".bin"):
-            stem, ext = self.resume_from, ""
-        self.resume_name = validate_name(stem)
-        candidates = [self.resume_from] if ext else [stem + e for e in (".safetensors", ".pt", ".bin")]
-        path = next((p for p in map(adapter.embedding_path, candidates) if p is not None), None)
-        if path is None:
-            raise TrainingError(f"resume_from: no embedding named {self.resume_from!r} in the embeddings folders")
-        # the only check of the file's shapes: _load_resume copies its vectors as they are
-        header = read_header(path)
-        wanted = {e.key: (self.cfg.num_vectors, e.width) for e in self.encoders}
-        shapes = header.get("encoders", {})
-        if {k: tuple(v) for k, v in shapes.items()} != wanted:
-            raise FamilyMismatchError(
-                f"resume_from {self.resume_from!r} holds {shapes} (family {header.get('family')}), but this run "
-                f"trains {sorted(wanted)} with num_vectors={self.cfg.num_vectors}: match num_vectors and the model family"
-            )
-        return path
-
-    def _check_targets(self) -> None:
-        folder = adapter.primary_embedding_folder()
-        target = safe_join(folder, validate_name(self.cfg.name) + ".safetensors")
-        if target.exists() and not self.overwrite and self.resume_name != self.cfg.name:
-            raise EmbeddingFileError(target, "an embedding with this name exists: turn on overwrite, or choose another name")
 
     # ---------------------------------------------------------------- setting a run up
 
@@ -291,7 +344,8 @@ class Trainer:
         reporter = Reporter(self.on_progress, self.cfg.steps, start_step, PROGRESS_EVERY_S)
         preview = Previewer(self.model, self.clip, self.vae, rows, self.encoders, self.cfg, self.pixel_size)
         validation = self._validation_set(data) if self.cfg.validate_every else None
-        return Session(data, rows, autocast, scaler, self._norm_control(), reporter, preview, validation)
+        loss = BatchLoss(self.model, self.clip, self.encoders, self.objective, rows, self.cfg, self.device)
+        return Session(data, rows, loss, autocast, scaler, self._norm_control(), reporter, preview, validation)
 
     def _new_run(self) -> Run:
         with torch.inference_mode(False):
@@ -307,44 +361,9 @@ class Trainer:
             raise TrainingError(f"resume_from is already at step {run.start_step}; set steps above that to train further")
         return run
 
-    # ---------------------------------------------------------------- the loss
-
-    def _latents(self, bucket: Bucket, positions: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        x = bucket.mean[positions]
-        if self.cfg.latent_sampling == "random":
-            x = x + bucket.std[positions] * torch.randn(x.shape, generator=gen)
-        return adapter.process_latents_in(self.model, x.to(self.device))
-
-    def _loss(self, params, prompts: list[str], bucket: Bucket, positions: torch.Tensor, gen: torch.Generator,
-              u: torch.Tensor | None = None, noise: torch.Tensor | None = None, weighted: bool = True) -> torch.Tensor:
-        rows = self.session.rows
-        token_sets = [adapter.fill_slots(rows.tokens(prompt), params, self.encoders) for prompt in prompts]
-        cond, pooled = adapter.encode_batch(self.clip, token_sets)
-        cond = cond.to(self.device)
-        pooled = None if pooled is None else pooled.to(self.device)
-        x0 = self._latents(bucket, positions, gen)
-        if u is None:
-            u = torch.rand(len(positions), generator=gen)
-        if noise is None:
-            noise = torch.randn(x0.shape, generator=gen)
-        sigmas = adapter.sample_sigmas(self.model, u).to(self.device)
-        xt = adapter.noisy_latents(self.model, sigmas, noise.to(self.device), x0)
-        x0_pred = adapter.denoise(self.model, xt, sigmas, cond, pooled, bucket.size)
-        mask = None if bucket.masks is None else bucket.masks[positions].to(self.device)
-        return self.objective.loss(x0_pred, x0, sigmas, mask=mask,
-                                   min_snr_gamma=(self.cfg.min_snr_gamma or None) if weighted else None)
-
     def validation_loss(self, params) -> float:
         """The fixed validation set's loss for these vectors (after run() has set it up)."""
-        total, count = 0.0, 0
-        with torch.no_grad():
-            for batch in self.session.validation:
-                # unweighted (no min-SNR): the score must not depend on how the training loss is weighted
-                loss = self._loss(params, batch.prompts, batch.bucket, batch.positions, torch.Generator(),
-                                  u=batch.u, noise=batch.noise, weighted=False)
-                total += float(loss) * len(batch.positions)
-                count += len(batch.positions)
-        return total / count
+        return self.session.loss.validation(params, self.session.validation)
 
     # ---------------------------------------------------------------- saving
 
@@ -362,48 +381,22 @@ class Trainer:
         return str(path)
 
     def _save_state(self, run: Run) -> None:
-        tensors, meta_json = optimizer_state_to_tensors(run.optimizer)
-        stopper = run.stopper
-        write_run_state(state_path(self.cfg.name), RunState(
-            step=run.step, vectors=run.params, optimizer_tensors=tensors, optimizer_meta=meta_json,
-            lr_factor=run.guard.lr_factor, rollbacks=run.guard.rollbacks,
-            best_loss=None if stopper is None else stopper.best_loss,
-            best_step=None if stopper is None else stopper.best_step,
-            bad_evaluations=0 if stopper is None else stopper.bad_evaluations,
-            best_vectors=(stopper.best_vectors or {}) if stopper is not None else {},
-            history=run.history, family=self.family))
+        write_run_state(state_path(self.cfg.name), run_state.capture(run.step, run.params, run.optimizer, run.guard,
+                                                                     run.stopper, run.history, self.family))
 
     def _load_resume(self, run: Run) -> int:
         """Continue from an embedding (and its optimizer state when present); returns the step reached."""
-        emb = read_embedding(self.resume_path)  # its shapes were checked in _check_resume
+        emb = read_embedding(self.resume_path)  # its shapes were checked in find_resume
         state_file = state_path(self.resume_name)
         step = int(emb.step or 0)
-        self._copy_vectors(run.params, emb.vectors)
+        run_state.copy_vectors(run.params, emb.vectors)
         if not os.path.isfile(state_file):
             run.history.event(step, "resumed", optimizer_state=False)
             return step
-        state = read_run_state(state_file, default_step=step)
-        self._copy_vectors(run.params, state.vectors)
-        load_optimizer_state(run.optimizer, state.optimizer_tensors, state.optimizer_meta)
-        run.guard.lr_factor = state.lr_factor
-        run.guard.snapshot()
-        if run.stopper is not None and state.best_loss is not None:
-            run.stopper.best_loss = float(state.best_loss)
-            run.stopper.best_step = state.best_step
-            run.stopper.bad_evaluations = state.bad_evaluations
-            run.stopper.best_vectors = state.best_vectors or None
-        if state.history is not None:
-            for name in TrainingHistory.__dataclass_fields__:
-                getattr(run.history, name).extend(getattr(state.history, name))
-        run.history.event(state.step, "resumed", optimizer_state=True)
-        return state.step
-
-    @staticmethod
-    def _copy_vectors(params, vectors) -> None:
-        with torch.no_grad():
-            for k, p in params.items():
-                if k in vectors:
-                    p.copy_(vectors[k].to(p.device, p.dtype))
+        step = run_state.restore(read_run_state(state_file, default_step=step), run.params, run.optimizer, run.guard,
+                                 run.stopper, run.history)
+        run.history.event(step, "resumed", optimizer_state=True)
+        return step
 
     # ---------------------------------------------------------------- the run
 
@@ -481,7 +474,7 @@ class Trainer:
         bucket, positions, pictures = s.data.draw(gen, self.cfg.batch_size)
         prompts = [self._prompt(s.data, n, rng) for n in pictures]
         with s.autocast:
-            loss = self._loss(run.params, prompts, bucket, positions, gen) / self.cfg.gradient_accumulation
+            loss = s.loss(run.params, prompts, bucket, positions, gen) / self.cfg.gradient_accumulation
         (s.scaler.scale(loss) if s.scaler else loss).backward()
         return float(loss.detach())
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .history import TrainingHistory
+from .training_math import EarlyStopper, NaNGuard, load_optimizer_state, optimizer_state_to_tensors
 from .writer import atomic_write_bytes
 
 
@@ -75,3 +76,44 @@ def read_run_state(path: str, default_step: int = 0) -> RunState:
         history=TrainingHistory.from_json(meta["history"]) if meta.get("history") else None,
         family=meta.get("family", ""),
     )
+
+
+def capture(step: int, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, guard: NaNGuard,
+            stopper: EarlyStopper | None, history: TrainingHistory, family: str) -> RunState:
+    """The state of a run at `step`, to write (the last step's vectors, not the best ones)."""
+    tensors, meta_json = optimizer_state_to_tensors(optimizer)
+    return RunState(
+        step=step, vectors=params, optimizer_tensors=tensors, optimizer_meta=meta_json,
+        lr_factor=guard.lr_factor, rollbacks=guard.rollbacks,
+        best_loss=None if stopper is None else stopper.best_loss,
+        best_step=None if stopper is None else stopper.best_step,
+        bad_evaluations=0 if stopper is None else stopper.bad_evaluations,
+        best_vectors=(stopper.best_vectors or {}) if stopper is not None else {},
+        history=history, family=family)
+
+
+def copy_vectors(params: dict[str, torch.Tensor], vectors: dict[str, torch.Tensor]) -> None:
+    """Stored vectors into the trained parameters, in place (keys the file lacks are left)."""
+    with torch.no_grad():
+        for k, p in params.items():
+            if k in vectors:
+                p.copy_(vectors[k].to(p.device, p.dtype))
+
+
+def restore(state: RunState, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, guard: NaNGuard,
+            stopper: EarlyStopper | None, history: TrainingHistory) -> int:
+    """Continue a run from a read state: vectors, optimizer, the guard's rate factor (as its last good
+    snapshot), the early stopper's best and the history so far; returns the step reached."""
+    copy_vectors(params, state.vectors)
+    load_optimizer_state(optimizer, state.optimizer_tensors, state.optimizer_meta)
+    guard.lr_factor = state.lr_factor
+    guard.snapshot()
+    if stopper is not None and state.best_loss is not None:
+        stopper.best_loss = float(state.best_loss)
+        stopper.best_step = state.best_step
+        stopper.bad_evaluations = state.bad_evaluations
+        stopper.best_vectors = state.best_vectors or None
+    if state.history is not None:
+        for name in TrainingHistory.__dataclass_fields__:
+            getattr(history, name).extend(getattr(state.history, name))
+    return state.step
