@@ -19,6 +19,7 @@ from ..tokensmith.convert import to_sd1, to_sd3, to_sdxl
 from ..tokensmith.embedding import MAX_VECTORS, Embedding
 from ..tokensmith.errors import EmbeddingFileError, EmbeddingNameError, FamilyMismatchError, TokenSmithError
 from ..tokensmith.formats import read_embedding_with_header
+from ..tokensmith.modelspec import checkpoint_sha256, sharing_metadata
 from ..tokensmith.names import validate_name
 from ..tokensmith.writer import save_embedding
 from .sockets import CATEGORY
@@ -188,14 +189,33 @@ class SaveEmbedding(io.ComfyNode):
                                         "No spaces: a prompt keyword ends at a space."),
                 io.Boolean.Input("overwrite", default=False,
                                  tooltip="Replace an existing file of that name (otherwise saving refuses)."),
+                io.String.Input("trigger_word", optional=True, default="",
+                                tooltip="Optional: the word or phrase to use it with, written to the file for "
+                                        "model browsers (modelspec.trigger_phrase; empty = the name)."),
+                io.String.Input("notes", optional=True, multiline=True, default="",
+                                tooltip="Optional: what it is, how it was made, what to watch out for "
+                                        "(modelspec.description)."),
+                io.Combo.Input("base_checkpoint", optional=True, options=["none", *comfy_adapter.checkpoint_files()],
+                               default="none",
+                               tooltip="Optional: the checkpoint it was made for; its file name and SHA-256 go "
+                                       "into the file (hashed once per file, which takes a while for a big one)."),
             ],
             outputs=[io.String.Output("prompt", tooltip="embedding:NAME, ready for a prompt.")],
         )
 
     @classmethod
-    def execute(cls, embedding: Embedding, name: str, overwrite: bool) -> io.NodeOutput:
+    def execute(cls, embedding: Embedding, name: str, overwrite: bool, trigger_word: str = "", notes: str = "",
+                base_checkpoint: str = "none") -> io.NodeOutput:
         clean = validate_name(name.strip() if isinstance(name, str) else name)
-        path = save_embedding(embedding, comfy_adapter.primary_embedding_folder(), clean, overwrite=overwrite)
+        base, base_hash = "", ""
+        if base_checkpoint and base_checkpoint != "none":
+            ckpt = comfy_adapter.checkpoint_path(base_checkpoint)
+            if ckpt is None:
+                raise EmbeddingFileError(base_checkpoint, "is not a checkpoint ComfyUI lists; pick one or none")
+            base, base_hash = base_checkpoint, checkpoint_sha256(ckpt)
+        extra = sharing_metadata(trigger_word or "", notes or "", base, base_hash)
+        path = save_embedding(embedding, comfy_adapter.primary_embedding_folder(), clean, overwrite=overwrite,
+                              extra_metadata=extra)
         text = f"saved {path}\n{describe(embedding)}\nuse it as embedding:{clean}"
         return io.NodeOutput(f"embedding:{clean}", ui=ui.PreviewText(text))
 

@@ -19,6 +19,7 @@ from safetensors.torch import save as st_save
 from . import __version__
 from .embedding import CLIP_ENCODERS, Embedding
 from .errors import EmbeddingFileError, TokenSmithError
+from .modelspec import with_modelspec
 from .names import safe_join, validate_name
 
 # Keys that describe the tensors themselves: extra_metadata may not contradict them.
@@ -74,7 +75,7 @@ def build_metadata(emb: Embedding, name: str | None = None,
         if k in RESERVED_METADATA:
             raise TokenSmithError(f"metadata key {k!r} is set by TokenSmith from the vectors; use another key")
         meta[k] = v
-    return meta
+    return with_modelspec(meta)  # what other tools read (SAI model spec), from the keys above
 
 
 def serialize_embedding(emb: Embedding, *, name: str | None = None,

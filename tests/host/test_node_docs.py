@@ -12,7 +12,8 @@ import pytest
 
 DOCS = Path(__file__).resolve().parents[2] / "js" / "docs"
 # combo inputs whose options are files on disk, not a fixed list to document
-FILE_LISTS = {("TokenSmithLoadEmbedding", "file")}
+FILE_LISTS = {("TokenSmithLoadEmbedding", "file"), ("TokenSmithPickEmbedding", "embedding"),
+              ("TokenSmithSaveEmbedding", "base_checkpoint")}
 FIGURES = re.compile(r"\d\s*(?:GiB|GB|MiB|MB|KB|it/s|ms)\b|\b(?:H100|H200|A100|V100|RTX)\b|\bmeasured\b|"
                      r"\b(?:previously|formerly|used to be|the earlier)\b", re.IGNORECASE)
 
