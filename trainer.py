@@ -118,7 +118,8 @@ def find_resume(resume_from: str, cfg: TrainConfig, encoders) -> tuple[str, str]
         stem, ext = resume_from, ""
     name = validate_name(stem)
     candidates = [resume_from] if ext else [stem + e for e in (".safetensors", ".pt", ".bin")]
-    path = next((p for p in map(adapter.embedding_path, candidates) if p is not None), None)
+    # a name leading out of the folders (a symlinked subfolder) is the name error, not "no embedding"
+    path = next((p for c in candidates if (p := adapter.embedding_path(c, refuse_outside=True)) is not None), None)
     if path is None:
         raise TrainingError(f"resume_from: no embedding named {resume_from!r} in the embeddings folders")
     # the only check of the file's shapes: a resumed run copies its vectors as they are
