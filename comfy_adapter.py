@@ -140,6 +140,7 @@ class Encoder:
     tokenizer: object  # comfy.sd1_clip.SDTokenizer
     model: object  # comfy.sd1_clip.SDClipModel
     width: int
+    attr: str = ""  # the tokenizer's attribute on clip.tokenizer when it is not `key` (Chroma: clip_t5xxl)
 
 
 def encoders_of(clip) -> list[Encoder]:
@@ -153,10 +154,11 @@ def encoders_of(clip) -> list[Encoder]:
         if tok is None or enc is None or not hasattr(tok, "embedding_key"):
             continue
         out.append(Encoder(tok.embedding_key, tok.embedding_key.removeprefix("clip_"), tok, enc, tok.embedding_size))
+    out += _other_encoders(clip)  # T5 / LLM encoders (SD3, Flux, Chroma, Z-Image, Qwen-Image); none for SD1/SD2/SDXL
     if not out:
         raise FamilyMismatchError(
-            "this CLIP has no CLIP-L, CLIP-H or CLIP-G text encoder: TokenSmith trains embeddings for "
-            "SD1.x, SD2.x and SDXL checkpoints only"
+            "this CLIP has no CLIP-L, CLIP-H, CLIP-G, T5-XXL, Qwen3-4B or Qwen2.5-7B text encoder: TokenSmith "
+            "trains embeddings for SD1.x, SD2.x, SDXL, SD3, Flux.1, Chroma, Z-Image and Qwen-Image"
         )
     return out
 
@@ -173,6 +175,9 @@ def model_family(model) -> str:
     base = model.model
     if isinstance(base, comfy.model_base.SDXL):
         return "sdxl"
+    flow = _flow_model_family(base)  # sd3 / flux (dev and schnell) / chroma / zimage / qwen_image
+    if flow is not None:
+        return flow
     if type(base) is not comfy.model_base.BaseModel:
         return "unknown"
     context = base.model_config.unet_config.get("context_dim")
@@ -186,6 +191,8 @@ def prediction_type(model) -> str:
         return "v"
     if isinstance(sampling, comfy.model_sampling.EPS) and type(sampling).calculate_denoised is comfy.model_sampling.EPS.calculate_denoised:
         return "eps"
+    if is_flow_model(model):
+        return "flow"  # velocity prediction (SD3, Flux, Chroma, Z-Image, Qwen-Image): FlowMatching
     raise TrainingError(
         f"this model samples with {type(sampling).__name__}: TokenSmith trains eps- and v-prediction models "
         "(SD1.x, SD2.x, SDXL) only"
@@ -365,7 +372,7 @@ class PromptRows:
             if isinstance(dirs, str):
                 dirs = [dirs]
             sub.embedding_directory = [self._tmp, *dirs]
-            setattr(self.tokenizer, e.key, sub)
+            setattr(self.tokenizer, e.attr or e.key, sub)
 
     def close(self) -> None:
         shutil.rmtree(self._tmp, ignore_errors=True)
@@ -380,8 +387,17 @@ class PromptRows:
         """ComfyUI token rows for one prompt; slot entries are ("slot", i) markers."""
         if prompt in self._cache:
             return self._cache[prompt]
-        text = prompt.replace("[name]", f" embedding:{self.slot_name} ")
-        raw = self.tokenizer.tokenize_with_weights(text, False, **_tokenizer_kwargs(self.clip))
+        if _spaced_slots(self.encoders):
+            text = prompt.replace("[name]", f" embedding:{self.slot_name} ")
+        else:
+            text = prompt.replace("[name]", f"embedding:{self.slot_name}")
+        try:
+            raw = self.tokenizer.tokenize_with_weights(text, False, **_tokenizer_kwargs(self.clip))
+        except RuntimeError as exc:  # Qwen-Image's tokenizer compares every token with its image token id
+            keys = ", ".join(e.key for e in self.encoders)
+            raise FamilyMismatchError(
+                f"ComfyUI {host_version()}'s tokenizer for {keys} cannot take embedding vectors in a prompt "
+                f"({exc}); TokenSmith cannot train embeddings for this model on this ComfyUI version") from exc
         marked = {}
         found = {}
         for e in self.encoders:
@@ -620,7 +636,8 @@ def trainable_graph(*modules: torch.nn.Module) -> Iterator[None]:
                     if isinstance(module, comfy.clip_model.CLIPLayer) and "forward" not in module.__dict__:
                         module.forward = _out_of_place_clip_layer(module, owner)
                         patched_layers.append(module)
-            yield
+            with out_of_place_layers(*modules):  # T5's and Flux's in-place residuals (flow-matching families)
+                yield
         finally:
             for hook in hooks:
                 hook.remove()
@@ -732,6 +749,322 @@ def denoise(model, xt: torch.Tensor, sigmas: torch.Tensor, cond: torch.Tensor, p
     return base.apply_model(xt, sigmas, c_crossattn=cond, transformer_options=transformer_options, **kwargs)
 
 
+# ---------------------------------------------------------------------------------------------
+# Flow-matching families: SD3.x, Flux.1 (dev / schnell), Chroma, Z-Image, Qwen-Image
+#
+# Their text encoders beside CLIP are T5-XXL and LLMs (Qwen3-4B, Qwen2.5-VL-7B) behind the same
+# comfy.sd1_clip.SDTokenizer / SDClipModel interface; the LLM tokenizers wrap the prompt in a chat
+# template before `embedding:NAME` is looked up. Their models predict a velocity (comfy.model_sampling.
+# CONST) and sample noise levels through a shifted schedule (ModelSamplingDiscreteFlow / ModelSamplingFlux).
+
+_CLIP_KEYS = ("clip_l", "clip_h", "clip_g")
+
+# supported_models config class (by exact type: Flux2, FluxInpaint and ChromaRadiance subclass these and
+# are other families) -> TokenSmith's family name (the names of tokensmith.embedding)
+_FLOW_MODEL_FAMILIES = {"SD3": "sd3", "Flux": "flux", "FluxSchnell": "flux", "Chroma": "chroma",
+                        "ZImage": "zimage", "QwenImage": "qwen_image"}
+
+
+def _flow_model_family(base) -> str | None:
+    import comfy.supported_models
+
+    config = getattr(base, "model_config", None)
+    for cls_name, family in _FLOW_MODEL_FAMILIES.items():
+        cls = getattr(comfy.supported_models, cls_name, None)
+        if cls is not None and type(config) is cls:
+            return family
+    return None
+
+
+def takes_guidance(model) -> bool:
+    """Whether a Flux-type model has a guidance input (Flux.1 dev: guidance-distilled; schnell has none)."""
+    return bool(model.model.model_config.unet_config.get("guidance_embed", False))
+
+
+def _other_encoders(clip) -> list[Encoder]:
+    # The loaded T5 / LLM encoders of a CLIP, beside its CLIP-L/H/G. A tokenizer attribute is matched to
+    # its model: the same attribute (SD3, Flux, Z-Image, Qwen-Image), or the attribute without "clip_"
+    # (PixArt/Chroma: tokenizer.clip_t5xxl, model.t5xxl); the token rows' key is the latter.
+    out = []
+    model = clip.cond_stage_model
+    for attr, tok in vars(clip.tokenizer).items():
+        if not isinstance(tok, comfy.sd1_clip.SDTokenizer) or tok.embedding_key in _CLIP_KEYS:
+            continue
+        token_key = attr.removeprefix("clip_")
+        enc = getattr(model, attr, None) or getattr(model, token_key, None)
+        if enc is None or not hasattr(enc, "transformer"):
+            continue  # a tokenizer whose encoder is not loaded (SD3 without T5)
+        width = int(enc.transformer.get_input_embeddings().weight.shape[-1])
+        out.append(Encoder(tok.embedding_key, token_key, tok, enc, width, attr))
+    return out
+
+
+def unreadable_encoders(clip) -> list[str]:
+    """The T5 / LLM encoders of this CLIP whose tokenizer does not look up `embedding:NAME` at all: this
+    ComfyUI built it without an embeddings folder, so CLIPTextEncode reads the words as plain text.
+    (v0.3.75: Z-Image's qwen3_4b and Qwen-Image's qwen25_7b; v0.33.0: qwen25_7b.)"""
+    return [e.key for e in _other_encoders(clip) if e.tokenizer.embedding_directory is None]
+
+
+def check_embedding_use(clip) -> None:
+    """Refuse, with the reason, a CLIP whose prompts cannot use a trained embedding by name."""
+    keys = unreadable_encoders(clip)
+    if keys:
+        raise FamilyMismatchError(
+            f"ComfyUI {host_version()} does not look up embedding:NAME for the {', '.join(keys)} text encoder "
+            "(its tokenizer is made without an embeddings folder), so an embedding trained for it could not be "
+            "used in a prompt; TokenSmith cannot train embeddings for this model on this ComfyUI version")
+
+
+def _spaced_slots(encoders: list[Encoder]) -> bool:
+    # SD1/SD2/SDXL prompts put the slot as " embedding:NAME " (CLIP's tokenizer ignores the extra
+    # spaces). The T5 / LLM tokenizers keep spaces as tokens: the slot must stand exactly where the user
+    # writes embedding:NAME, so their prompts get "embedding:NAME" in the place of [name].
+    return all(e.key in _CLIP_KEYS for e in encoders)
+
+
+def encode_conditioning(clip, tokens: dict) -> tuple[torch.Tensor, dict]:
+    """The text encoder on token rows as core's CLIPTextEncode runs it: the conditioning and its dict
+    (pooled_output, and what the encoder adds: the LLM encoders' attention_mask)."""
+    model = clip.cond_stage_model
+    model.reset_clip_options()
+    if clip.layer_idx is not None:
+        model.set_clip_options({"layer": clip.layer_idx})
+    out = model.encode_token_weights(tokens)
+    extra = {"pooled_output": out[1]}
+    if len(out) > 2:
+        extra.update(out[2])
+    return out[0], extra
+
+
+def encode_prompts(clip, token_sets: list[dict]) -> list[tuple[torch.Tensor, dict]]:
+    """Conditioning per prompt (T5 and the LLM encoders do not pad prompts to one length, so prompts are
+    encoded one by one)."""
+    return [encode_conditioning(clip, tokens) for tokens in token_sets]
+
+
+def latents_for_model(model, latents: torch.Tensor) -> torch.Tensor:
+    """Image latents [B, C, H, W] in the layout the model takes (Qwen-Image's Wan latents are video
+    latents [B, C, T, H, W]), as comfy.sample.fix_empty_latent_channels does."""
+    fmt = model.get_model_object("latent_format")
+    if getattr(fmt, "latent_dimensions", 2) == 3 and latents.ndim == 4:
+        return latents.unsqueeze(2)
+    return latents
+
+
+def is_flow_model(model) -> bool:
+    """Whether the model predicts a flow velocity (comfy.model_sampling.CONST), from its (possibly
+    patched) model_sampling."""
+    sampling = model.get_model_object("model_sampling")
+    return isinstance(sampling, comfy.model_sampling.CONST) and \
+        type(sampling).calculate_denoised is comfy.model_sampling.CONST.calculate_denoised
+
+
+def flow_sigmas(model, u: torch.Tensor) -> torch.Tensor:
+    """Training noise levels for a flow model: u in [0, 1) through the model's own percent_to_sigma,
+    i.e. uniform times through the schedule's shift (SD3 3.0, Z-Image 3.0, Flux dev's 1.15, a patched
+    ModelSamplingSD3/Flux node's value), as core's TrainLoraNode draws them."""
+    sampling = model.get_model_object("model_sampling")
+    return torch.tensor([float(sampling.percent_to_sigma(float(p))) for p in u.flatten()], dtype=torch.float32)
+
+
+def _flow_model_conds(model, cond: torch.Tensor, extra: dict, xt: torch.Tensor, guidance: float | None) -> dict:
+    # What ComfyUI's sampler passes to apply_model for this conditioning (comfy.samplers.encode_model_conds):
+    # the model's own extra_conds on the conditioning dict, made into batch values the way calc_cond_batch does
+    base = model.model
+    params = dict(extra)  # pooled_output None included, as the conditioning dict carries it
+    if guidance is not None:
+        params["guidance"] = guidance
+    params.update(cross_attn=cond, device=xt.device, noise=xt, prompt_type="positive",
+                  width=xt.shape[-1] * 8, height=xt.shape[-2] * 8)
+    out = {}
+    for key, value in base.extra_conds(**params).items():
+        processed = value.process_cond(batch_size=xt.shape[0], device=xt.device, area=None)
+        out[key] = processed.concat([])
+    return out
+
+
+def flow_denoise(model, xt: torch.Tensor, sigmas: torch.Tensor, conditioning: list[tuple[torch.Tensor, dict]],
+                 guidance: float | None = None) -> torch.Tensor:
+    """The flow model's x0 prediction for noisy latents (differentiable in the conditioning).
+
+    conditioning: (cond, extra) per sample, as encode_conditioning gives them; each goes through the
+    model's own extra_conds as ComfyUI's sampler sends it (SD3's pooled `y`, Flux's guidance and pooled
+    vector, Z-Image's token count and attention mask...). Prompts encode to different lengths: samples
+    with equal shapes share one model call. `guidance` sets Flux dev's guidance input (None: the model's
+    default, 3.5 for Flux, as a prompt without a FluxGuidance node samples).
+    """
+    if len(conditioning) != xt.shape[0]:
+        raise TrainingError(f"got {len(conditioning)} conditionings for {xt.shape[0]} latents")
+    base = model.model
+    options = dict(model.model_options.get("transformer_options", {}))
+    sigmas = sigmas.to(xt.device, torch.float32)
+    groups: dict[tuple, list[int]] = {}
+    for i, (cond, extra) in enumerate(conditioning):
+        shapes = (tuple(cond.shape),) + tuple((k, tuple(v.shape)) for k, v in sorted(extra.items()) if torch.is_tensor(v))
+        groups.setdefault(shapes, []).append(i)
+    out: list[torch.Tensor | None] = [None] * xt.shape[0]
+    for idx in groups.values():
+        cond = torch.cat([conditioning[i][0] for i in idx]).to(xt.device)
+        extra = {k: (torch.cat([conditioning[i][1][k] for i in idx]).to(xt.device) if torch.is_tensor(v) else v)
+                 for k, v in conditioning[idx[0]][1].items()}
+        xt_g = xt[idx]
+        kwargs = _flow_model_conds(model, cond, extra, xt_g, guidance)
+        pred = base.apply_model(xt_g, sigmas[idx], transformer_options=dict(options), **kwargs)
+        for j, i in enumerate(idx):
+            out[i] = pred[j:j + 1]
+    return torch.cat(out)
+
+
+@dataclass(frozen=True)
+class FlowMatching:
+    """The flow-matching objective (kind "flow": comfy.model_sampling.CONST models), on the same inputs as
+    the eps/v objectives: the model's x0 prediction, x0 and sigma.
+
+    With xt = noise_scaling(sigma, noise, x0) = sigma * noise + (1 - sigma) * x0, the model's output is a
+    velocity v and its x0 prediction xt - sigma * v; the target velocity is (xt - x0) / sigma = noise - x0.
+    The loss is the velocity's mean squared error, |x0_pred - x0|^2 / sigma^2: the rectified-flow target
+    SD3's and Flux's trainers use (core's TrainLoraNode takes the same error in x0 space, i.e. weighted by
+    sigma^2). min-SNR weighting is an eps/v notion and is not applied here.
+    """
+
+    kind: str = "flow"
+
+    def loss(self, x0_pred, x0, sigmas, *, mask=None, min_snr_gamma=None):
+        if x0_pred.shape != x0.shape:
+            raise TrainingError(f"prediction shape {list(x0_pred.shape)} does not match target {list(x0.shape)}")
+        s = sigmas.to(x0.device, torch.float32).reshape(-1, *([1] * (x0.dim() - 1)))
+        if s.shape[0] != x0.shape[0]:
+            raise TrainingError(f"got {s.shape[0]} sigmas for a batch of {x0.shape[0]}")
+        if not bool(torch.isfinite(s).all() and (s > 0).all()):
+            raise TrainingError("every sigma must be a finite number > 0 (sigma 0 means no noise and no loss signal)")
+        err = ((x0_pred.float() - x0.float()) / s).pow(2)
+        if mask is None:
+            return err.mean()
+        m = torch.broadcast_to(mask.to(err.device, torch.float32), err.shape)
+        return (err * m).sum() / m.sum().clamp_min(1e-12)
+
+
+FLOW_MATCHING = FlowMatching()
+
+
+def flow_loss(model, x0: torch.Tensor, conditioning: list[tuple[torch.Tensor, dict]], sigmas: torch.Tensor,
+              noise: torch.Tensor, guidance: float | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """One flow-matching training loss on the model's own model_sampling (differentiable in the conditioning).
+
+    x0: processed latents (process_latents_in, latents_for_model), one per conditioning entry; sigmas from
+    flow_sigmas; noise like x0. xt is the sampling's own noise_scaling; the loss is FlowMatching's.
+    """
+    if not is_flow_model(model):
+        raise TrainingError(f"this model samples with {type(model.get_model_object('model_sampling')).__name__}, "
+                            "not flow matching")
+    sampling = model.get_model_object("model_sampling")
+    sigmas = sigmas.to(x0.device, torch.float32)
+    xt = sampling.noise_scaling(sigmas, noise.to(x0.device), x0)
+    x0_pred = flow_denoise(model, xt, sigmas, conditioning, guidance)
+    return FLOW_MATCHING.loss(x0_pred, x0, sigmas, mask=mask)
+
+
+def _out_of_place_t5_attention(layer):
+    # comfy/text_encoders/t5.py adds residuals in place (x += output), which autograd cannot
+    # differentiate through (the layer norm saved x); the same computation, out of place
+    def forward(x, mask=None, past_bias=None, optimized_attention=None):
+        output, past_bias = layer.SelfAttention(layer.layer_norm(x), mask=mask, past_bias=past_bias,
+                                                optimized_attention=optimized_attention)
+        return x + output, past_bias
+
+    return forward
+
+
+def _out_of_place_t5_ff(layer):
+    def forward(x):
+        return x + layer.DenseReluDense(layer.layer_norm(x))
+
+    return forward
+
+
+def _out_of_place_llama_block(block):
+    # v0.33.0's comfy/text_encoders/llama.py TransformerBlock writes its output into its input
+    # (torch.add(residual, x, out=x)), which autograd refuses; v0.3.75's adds out of place (None: keep it)
+    if "past_key_value" not in inspect.signature(type(block).forward).parameters:
+        return None
+
+    def forward(x, attention_mask=None, freqs_cis=None, optimized_attention=None, past_key_value=None):
+        h, present = block.self_attn(hidden_states=block.input_layernorm(x), attention_mask=attention_mask,
+                                     freqs_cis=freqs_cis, optimized_attention=optimized_attention,
+                                     past_key_value=past_key_value)
+        x = x + h
+        return x + block.mlp(block.post_attention_layernorm(x)), present
+
+    return forward
+
+
+def _norm_of_a_copy(norm):
+    # Flux's DoubleStreamBlock / SingleStreamBlock (Flux, Chroma) add residuals in place (img += ...)
+    # after their LayerNorm saved that tensor for backward; a training call normalises a copy instead
+    plain = type(norm).forward
+
+    def forward(x, *args, **kwargs):
+        if torch.is_grad_enabled() and x.requires_grad:
+            x = x.clone()
+        return plain(norm, x, *args, **kwargs)
+
+    return forward
+
+
+_FLUX_BLOCK_NORMS = ("img_norm1", "img_norm2", "txt_norm1", "txt_norm2", "pre_norm")
+
+
+@contextlib.contextmanager
+def out_of_place_layers(*modules: torch.nn.Module) -> Iterator[None]:
+    """For the duration of the block, the in-place residual adds of the flow-matching families' modules
+    stop breaking backward: T5's layers (and v0.33.0's Llama/Qwen blocks) add out of place, Flux's
+    blocks' norms read a copy (trainable_graph enters it). Nothing changes numerically. Where the host has it (v0.33.0),
+    comfy.model_management.in_training is set as core's TrainLoraNode sets it: its fused rope kernels
+    (comfy_kitchen apply_rope, rms_rope in Flux / Lumina 2) have no backward, and the flag selects
+    the plain torch code."""
+    import comfy.ldm.flux.layers as flux_layers
+    import comfy.text_encoders.llama as llama
+    import comfy.text_encoders.t5 as t5
+
+    mm = comfy.model_management
+    had_flag = hasattr(mm, "in_training")
+    was_training = getattr(mm, "in_training", False)
+
+    kinds = {getattr(t5, "T5LayerSelfAttention", None): _out_of_place_t5_attention,
+             getattr(t5, "T5LayerFF", None): _out_of_place_t5_ff,
+             getattr(llama, "TransformerBlock", None): _out_of_place_llama_block}
+    kinds.pop(None, None)
+    flux_blocks = tuple(c for c in (getattr(flux_layers, "DoubleStreamBlock", None),
+                                    getattr(flux_layers, "SingleStreamBlock", None)) if c is not None)
+    patched = []
+    try:
+        if had_flag:
+            mm.in_training = True
+        for root in modules:
+            for module in root.modules():
+                targets = []
+                make = kinds.get(type(module))
+                forward = make(module) if make is not None else None
+                if forward is not None:
+                    targets.append((module, forward))
+                if flux_blocks and isinstance(module, flux_blocks):
+                    for attr in _FLUX_BLOCK_NORMS:
+                        norm = getattr(module, attr, None)
+                        if isinstance(norm, torch.nn.Module):
+                            targets.append((norm, _norm_of_a_copy(norm)))
+                for target, forward in targets:
+                    if "forward" not in target.__dict__:
+                        target.forward = forward
+                        patched.append(target)
+        yield
+    finally:
+        if had_flag:
+            mm.in_training = was_training
+        for module in patched:
+            module.__dict__.pop("forward", None)
+
+
 def encode_images(vae, images: torch.Tensor) -> torch.Tensor:
     """VAE latents (posterior mean, as ComfyUI's VAEEncode) for an IMAGE batch [B, H, W, C]."""
     return vae.encode(images[:, :, :, :3])
@@ -822,18 +1155,6 @@ def temp_folder() -> str:
 
 def output_folder() -> str:
     return folder_paths.get_output_directory()
-
-
-def checkpoint_files() -> list[str]:
-    """Every checkpoint file name ComfyUI lists (what Load Checkpoint offers)."""
-    return list(folder_paths.get_filename_list("checkpoints"))
-
-
-def checkpoint_path(name: str) -> str | None:
-    """The full path of a listed checkpoint (None when ComfyUI does not list it)."""
-    if name not in checkpoint_files():
-        return None
-    return folder_paths.get_full_path("checkpoints", name)
 
 
 def encode_distribution(vae, images: torch.Tensor, spread: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

@@ -222,12 +222,19 @@ SMALL_LLM = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3
 
 
 def _fill_flow(module: torch.nn.Module, seed: int) -> None:
-    # fill_seeded, plus the DiTs' RMSNorm scales (".scale") at 1 as real checkpoints have them
+    # fill_seeded, plus the DiTs' RMSNorm scales (".scale") at 1 as real checkpoints have them, and MMDiT's
+    # position table (a buffer, left uninitialised by ComfyUI until a checkpoint loads) as SD3's 2-D sin-cos
     fill_seeded(module, seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
             if p.dim() == 1 and "norm" in name and name.endswith(".scale"):
                 p.fill_(1.0)
+        pos = getattr(module, "pos_embed", None)
+        if isinstance(pos, torch.Tensor) and pos.dim() == 3:
+            from comfy.ldm.modules.diffusionmodules.mmdit import get_2d_sincos_pos_embed
+
+            grid = round(math.sqrt(pos.shape[1]))
+            pos.copy_(torch.from_numpy(get_2d_sincos_pos_embed(pos.shape[2], grid)).reshape(pos.shape).to(pos.dtype))
 
 
 def _params_fields(params_cls) -> set[str]:
