@@ -1157,6 +1157,18 @@ def output_folder() -> str:
     return folder_paths.get_output_directory()
 
 
+def checkpoint_files() -> list[str]:
+    """Every checkpoint file name ComfyUI lists (what Load Checkpoint offers)."""
+    return list(folder_paths.get_filename_list("checkpoints"))
+
+
+def checkpoint_path(name: str) -> str | None:
+    """The full path of a listed checkpoint (None when ComfyUI does not list it)."""
+    if name not in checkpoint_files():
+        return None
+    return folder_paths.get_full_path("checkpoints", name)
+
+
 def encode_distribution(vae, images: torch.Tensor, spread: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image latent mean and, with `spread`, standard deviation, from one pass of the VAE encoder.
 
