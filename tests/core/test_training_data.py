@@ -171,3 +171,12 @@ def test_the_objective_is_the_models_loss():
         assert torch.equal(objective_for(kind).loss(x0_pred, x0, sigmas), diffusion_loss(x0_pred, x0, sigmas, kind))
     with pytest.raises(TrainingError, match="no training objective for 'flow'"):
         objective_for("flow")
+
+
+def test_resolution_is_auto_or_a_real_size():
+    from tokensmith.train_config import TrainConfig
+
+    assert TrainConfig().resolution == 0 and TrainConfig(resolution=512).validate().resolution == 512
+    for bad in (32, -64, 5000):
+        with pytest.raises(TrainingError, match="resolution must be 0"):
+            TrainConfig(resolution=bad).validate()
