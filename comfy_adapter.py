@@ -36,6 +36,7 @@ import comfy.ldm.modules.diffusionmodules.openaimodel
 import comfy.model_base
 import comfy.model_management
 import comfy.model_sampling
+import comfy.ops
 import comfy.sd1_clip
 import folder_paths
 import torch
@@ -599,6 +600,58 @@ def _out_of_place_clip_layer(layer, owner: int):
     return forward
 
 
+class _LinearCastInBackward(torch.autograd.Function):
+    """F.linear with a weight stored in another dtype (ComfyUI's manual cast: fp16 text-encoder weights,
+    fp32 compute on a CPU) that saves the stored weight for backward, not its cast: the cast is made
+    again in the backward pass. Same forward; grad_input is the same product (weights and bias take
+    no gradient inside trainable_graph)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(weight)  # the model's own storage (an alias): no copy is kept
+        return torch.nn.functional.linear(x, weight.to(x.dtype), bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        return grad.matmul(weight.to(grad.dtype)), None, None
+
+
+def _casts_stored_weight(module, x) -> bool:
+    # Only ComfyUI's plain cast path (no weight patches, LoRA functions, quantized or offloaded weights,
+    # no autocast), and only where it would make a cast that autograd keeps.
+    w, b = module.weight, module.bias
+    return (isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled()
+            and not torch.is_autocast_enabled(x.device.type)
+            and module.comfy_cast_weights and not module.weight_function and not module.bias_function
+            and type(w) in (torch.Tensor, torch.nn.Parameter) and not w.requires_grad
+            and w.dtype != x.dtype and w.device == x.device and x.dtype.is_floating_point
+            and (b is None or (not b.requires_grad and b.device == x.device and type(b) in (torch.Tensor, torch.nn.Parameter))))
+
+
+def _linear_saving_stored_weight(module, owner: int):
+    """A forward for a comfy.ops Linear: training calls that cast the weight save the stored one
+    (_LinearCastInBackward), every other call is ComfyUI's own forward."""
+    plain = module.forward
+
+    def forward(x, *args, **kwargs):
+        if args or kwargs or not _training_call(owner) or not _casts_stored_weight(module, x):
+            return plain(x, *args, **kwargs)
+        comfy.ops.run_every_op()
+        bias = None if module.bias is None else module.bias.to(x.dtype)
+        return _LinearCastInBackward.apply(x, module.weight, bias)
+
+    return forward
+
+
+def _plain_cast_linear(module) -> bool:
+    # a Linear whose cast is disable_weight_init's / manual_cast's (not fp8, cuBLAS or other ops classes)
+    base = getattr(getattr(comfy.ops, "disable_weight_init", None), "Linear", None)
+    return (base is not None and isinstance(module, base) and "forward" not in module.__dict__
+            and type(module).forward_comfy_cast_weights is base.forward_comfy_cast_weights
+            and type(module).forward is base.forward and hasattr(comfy.ops, "run_every_op"))
+
+
 def _alias(t: torch.Tensor) -> torch.Tensor:
     # A normal tensor over an inference tensor's storage: autograd may save it, nothing is copied.
     return torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
@@ -611,7 +664,8 @@ def trainable_graph(*modules: torch.nn.Module) -> Iterator[None]:
     ComfyUI runs nodes under inference mode and makes its weights there; autograd refuses to save
     such tensors. Inside this block (which leaves inference mode) every parameter and buffer is
     swapped for an alias of the same storage with requires_grad=False, and CLIP layers use an
-    out-of-place forward. Training calls of the text encoders and diffusion models (this thread,
+    out-of-place forward. Linear layers whose weights ComfyUI casts per call (fp16 text encoders on a
+    CPU) save the stored weight for backward instead of its cast (_LinearCastInBackward). Training calls of the text encoders and diffusion models (this thread,
     outside inference mode) use training_attention() instead of ComfyUI's configured attention: per
     call, through ComfyUI's optimized_attention_override, never by changing the host's setting.
     Everything is put back on exit; the weights' values are never written.
@@ -635,6 +689,9 @@ def trainable_graph(*modules: torch.nn.Module) -> Iterator[None]:
                             store[name] = torch.nn.Parameter(alias, requires_grad=False) if store is module._parameters else alias
                     if isinstance(module, comfy.clip_model.CLIPLayer) and "forward" not in module.__dict__:
                         module.forward = _out_of_place_clip_layer(module, owner)
+                        patched_layers.append(module)
+                    elif _plain_cast_linear(module):
+                        module.forward = _linear_saving_stored_weight(module, owner)
                         patched_layers.append(module)
             with out_of_place_layers(*modules):  # T5's and Flux's in-place residuals (flow-matching families)
                 yield
