@@ -259,6 +259,21 @@ def test_rollback_and_early_stop_show_on_the_chart(page, training_run, artifacts
     page.screenshot(path=str(artifacts / "live-chart-events.png"))
 
 
+def test_a_real_early_stop_shows_on_the_chart(page, browser_server):
+    """Not replayed events: a run whose rate is far too high gets worse at every validation, the server
+    stops it early and the chart says so, with the step whose vectors were kept."""
+    open_template(page, NEGATIVE)
+    set_widgets(page, {**SMALL, "TokenSmithTrainEmbedding": {"steps": 30, "learning_rate": "50", "validate_every": 1,
+                                                             "early_stop_patience": 2, "preview_every": 0}})
+    event = queue_and_wait(page, 600)
+    assert event["type"] == "execution_success", json.dumps(event)[:2000]
+    state = wait_until(lambda: (s := live_state(page)) and s["status"] == "early_stop" and s, 60, "the early stop")
+    assert "stopped early" in state["text"] and re.search(r"kept step \d+", state["text"]), state["text"]
+    runs = [r for r in browser_server.get("/tokensmith/runs") if r["name"] == "tokensmith-negative"]
+    kinds = [e["event"]["kind"] for e in runs[-1]["events"] if e.get("event")]
+    assert "early_stop" in kinds and max(e.get("step", 0) for e in runs[-1]["events"]) < 30, kinds
+
+
 def test_negative_merge_and_convert_examples_run(page, training_run, browser_server):
     results = {}
     for name, extra in ((NEGATIVE, {"TokenSmithTrainEmbedding": {"steps": 3, "validate_every": 0,
@@ -278,6 +293,52 @@ def test_negative_merge_and_convert_examples_run(page, training_run, browser_ser
     assert "models/embeddings/tokensmith-old.pt" in text, text[:500]
     for fact in (r"\bstep:?\s+500\b", r"\bfamily:?\s+sd1\b", r"\bclip_l: 2 x 768\b"):
         assert re.search(fact, text), (fact, text[:500])
+
+
+def set_widget_by_title(page, title: str, name: str, value) -> None:
+    found = page.evaluate("""([title, name, value]) => {
+      const node = window.app.graph._nodes.find((n) => n.title === title);
+      const w = node?.widgets?.find((x) => x.name === name);
+      if (w) w.value = value;
+      return !!w;
+    }""", [title, name, value])
+    assert found, f"no widget {name!r} on a node titled {title!r}"
+
+
+QUICK_TRAIN = {"steps": 3, "validate_every": 0, "early_stop_patience": 0, "preview_every": 0}
+
+
+def test_new_examples_run(page, training_run, browser_server):
+    """Style, SDXL (wired to the small SD1 checkpoint at 64 px), resume (from the training run's
+    tokensmith-ring), masks and the snapshot comparison run to the end as they open, with only sizes
+    and step counts made small."""
+    folder = browser_server.base / "models" / "embeddings"
+    runs = [
+        (STYLE, {}, "tokensmith-style"),
+        (SDXL, {"ResizeImagesByShorterEdge": {"shorter_edge": 64},
+                "CenterCropImages": {"width": 64, "height": 64}}, "tokensmith-ring-sdxl"),
+        (RESUME, {"TokenSmithTrainEmbedding": {**QUICK_TRAIN, "steps": TRAIN_STEPS + 2}}, RING),
+        (MASKS, {}, "tokensmith-ring-masked"),
+        (COMPARE, {"TokenSmithTrainEmbedding": {**QUICK_TRAIN, "steps": 2, "save_every": 1}},
+         "tokensmith-ring-steps-step00001"),
+    ]
+    for name, extra, made in runs:
+        open_template(page, name)
+        set_widgets(page, {**SMALL, "TokenSmithTrainEmbedding": QUICK_TRAIN, **extra})
+        if name == COMPARE:  # the snapshots of a 2-step run: step 1, then the file itself
+            for title in ("step 100: prompt", "step 200: prompt"):
+                set_widget_by_title(page, title, "string_b", "-step00001 on a wooden table")
+        event = queue_and_wait(page, 600)
+        assert event["type"] == "execution_success", (name, json.dumps(event)[:2000])
+        assert (folder / f"{made}.safetensors").is_file(), (name, made)
+        entry = browser_server.get(f"/history/{event['detail']['prompt_id']}")[event["detail"]["prompt_id"]]
+        assert any(out.get("images") for out in entry["outputs"].values()), name
+    log = browser_server.log_tail(400_000)
+    assert "embedding:tokensmith-ring-steps-step00001 does not exist" not in log
+    from safetensors import safe_open
+
+    with safe_open(str(folder / f"{RING}.safetensors"), "pt") as f:  # resumed from step 8, not retrained
+        assert f.metadata()["step"] == str(TRAIN_STEPS + 2)
 
 
 def prompt_textarea(page):
