@@ -4,8 +4,9 @@
                         [--threads 1] [--out bench/results/latest.json]
 
 Parts (each module's docstring explains its method):
-- step    bench.step_floor: TokenSmith's training step against a bare forward + backward (the floor),
-          interleaved in one process; per case.
+- step    bench.step_floor: TokenSmith's training step against a bare forward + backward, interleaved in
+          one process; per case: the machine floor (SDPA, weights in the compute dtype; step_floor_ratio)
+          and ComfyUI's configured floor (comfy_floor_ratio).
 - memory  bench.memory: peak resident memory of training and of the floor, each in its own process,
           against the model's size; the TI state for 8 vectors.
 - concept bench.concept: steps and seconds to a learned concept, TokenSmith's defaults against A1111's.
@@ -116,8 +117,9 @@ def _ms(x):
 def print_table(cases: list[dict], run: dict) -> None:
     step = [c for c in cases if c.get("step_s") is not None and "floor_s" in c]
     if step:
-        print("\nTraining step against the floor (median over the timed steps; ratio p10-p90 per interleaved pair)")
-        print(f"{'case':<11} {'step ms':>9} {'floor ms':>9} {'ratio':>6} {'p10-p90':>11} {'val ms':>7}"
+        print("\nTraining step against the machine floor (SDPA, weights in the compute dtype) and ComfyUI's configured"
+              " floor (median over the timed steps; ratio p10-p90 per interleaved pair)")
+        print(f"{'case':<11} {'step ms':>9} {'floor ms':>9} {'ratio':>6} {'p10-p90':>11} {'comfy ms':>9} {'ratio':>6} {'val ms':>7}"
               f" {'peak MB':>8} {'floor MB':>9} {'+train':>7} {'+floor':>7} {'model MB':>9} {'TI state':>9}")
         for c in step:
             def num(key, fmt="{:.0f}", row=c):
@@ -125,7 +127,8 @@ def print_table(cases: list[dict], run: dict) -> None:
                 return "-" if v is None else fmt.format(v)
 
             print(f"{c['case']:<11} {_ms(c['step_s']):>9} {_ms(c['floor_s']):>9} {c['step_floor_ratio']:>6.2f} "
-                  f"{c['step_floor_ratio_p10']:>5.2f}-{c['step_floor_ratio_p90']:<5.2f} {_ms(c.get('validation_s')):>7}"
+                  f"{c['step_floor_ratio_p10']:>5.2f}-{c['step_floor_ratio_p90']:<5.2f} {_ms(c.get('comfy_floor_s')):>9} "
+                  f"{num('comfy_floor_ratio', '{:.2f}'):>6} {_ms(c.get('validation_s')):>7}"
                   f" {num('peak_rss_mb'):>8} {num('floor_peak_rss_mb'):>9} {num('train_growth_mb'):>7}"
                   f" {num('floor_growth_mb'):>7} {num('model_mb'):>9} {num('ti_state_bytes', '{:.0f} B'):>9}")
     concept = [c for c in cases if c.get("case", "").startswith("concept-") and "setting" in c]

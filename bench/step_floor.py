@@ -9,6 +9,13 @@ gradients to those vectors only. It runs on its own copy of the weights as ordin
 the inference tensors ComfyUI's loaders make), calls the modules directly (no apply_model wrapper,
 no tokenizer, no TokenSmith code) and does no optimizer step, no data pipeline and no logging.
 
+Two floors run after every trainer step. The machine floor (`floor_s`, `step_floor_ratio`) is the
+fastest correct path of those modules and weights on this machine: PyTorch's SDPA in every attention
+call and every weight stored in the compute dtype (on a CPU the text encoder's fp16 weights upcast once
+to fp32, so no per-call casts). ComfyUI's floor (`comfy_floor_s`, `comfy_floor_ratio`) runs them as
+ComfyUI configured them (on a CPU: sub-quadratic attention in the UNet, basic attention in CLIP,
+fp16 weights cast per call), the floor this bench had before.
+
 TokenSmith's step is everything trainer.Trainer does per optimizer step (seeded generators, prompt
 templates, tokens with vector slots, text encoder through ComfyUI's encode path, noise and sigmas,
 diffusion loss, backward, NaN guard, clipping, AdamW, norm control, history, progress report).
@@ -120,10 +127,10 @@ def make_ordinary(root: torch.nn.Module) -> None:
 # the floor
 
 
-def _residual_forward(layer):
+def _residual_forward(layer, attention=None):
     # ComfyUI's CLIPLayer adds its residuals in place, which backward cannot go through.
     def forward(x, mask=None, optimized_attention=None):
-        x = x + layer.self_attn(layer.layer_norm1(x), mask, optimized_attention)
+        x = x + layer.self_attn(layer.layer_norm1(x), mask, attention or optimized_attention)
         return x + layer.mlp(layer.layer_norm2(x))
 
     return forward
@@ -147,18 +154,30 @@ class Floor:
 
     own_copy=True works on deep copies (the model given stays as it is: the trainer uses it in the
     same process); own_copy=False converts the given model in place (a process that only runs the floor).
+
+    machine=False runs the modules as ComfyUI configured them (its attention function, fp16 text-encoder
+    weights cast per call on a CPU): "ComfyUI's floor". machine=True is the fastest correct path of the
+    same architecture and weights on this machine, "the machine floor": PyTorch's SDPA in every attention
+    call (UNet through ComfyUI's per-call optimized_attention_override, CLIP passed to each layer) and
+    every weight stored in the compute dtype (the text encoder's fp16 weights upcast once, exactly, so no
+    cast is made per call).
     """
 
     ENCODER_ATTRS = ("clip_l", "clip_h", "clip_g")  # ComfyUI's SDXL conditioning is [clip_l, clip_g]
 
     def __init__(self, model, clip, *, num_vectors: int, batch_size: int, pixel_size: tuple[int, int],
-                 own_copy: bool = True, seed: int = 0, autocast_dtype: torch.dtype | None = None):
+                 own_copy: bool = True, seed: int = 0, autocast_dtype: torch.dtype | None = None,
+                 machine: bool = False):
         import comfy.clip_model
+        import comfy.ldm.modules.attention
         import comfy.model_base
 
         self.batch_size = batch_size
         self.num_vectors = num_vectors
         self.autocast_dtype = autocast_dtype
+        self.machine = machine
+        sdpa = comfy.ldm.modules.attention.attention_pytorch if machine else None
+        self.unet_options = {"optimized_attention_override": lambda func, *a, **kw: sdpa(*a, **kw)} if machine else {}
         with torch.inference_mode(False):
             base, text = model.model, clip.cond_stage_model
             # only plain modules are copied (not the BaseModel, which can hold its ModelPatcher)
@@ -169,9 +188,14 @@ class Floor:
                 make_ordinary(module)
             for m in text.modules():
                 if isinstance(m, comfy.clip_model.CLIPLayer):
-                    m.forward = _residual_forward(m)
-            self.text, self.unet, self.sampling = text, unet, sampling
+                    m.forward = _residual_forward(m, sdpa)
             self.unet_dtype = base.manual_cast_dtype or base.get_dtype()
+            if machine and own_copy:
+                compute = torch.float32 if autocast_dtype is None else autocast_dtype
+                text.to(compute)  # CLIP computes in fp32 (or the autocast dtype): store it so
+                if autocast_dtype is None:
+                    unet.to(self.unet_dtype)
+            self.text, self.unet, self.sampling = text, unet, sampling
             self.device = next(self.unet.parameters()).device
             # the same layer options ComfyUI's encode path applies (clip skip included)
             text.reset_clip_options()
@@ -253,6 +277,8 @@ class Floor:
             extra = {}
             if self.adm_tail is not None:
                 extra["y"] = torch.cat([pooled, self.adm_tail.expand(b, -1)], dim=1).to(self.unet_dtype)
+            if self.unet_options:
+                extra["transformer_options"] = dict(self.unet_options)
             out = self.unet(xc, t, context=cond.to(self.unet_dtype), **extra)
             loss = torch.nn.functional.mse_loss(out.float(), noise)
             loss.backward()
@@ -298,13 +324,17 @@ def bench_latents(count: int, size: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(count, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(seed))
 
 
-def interleave(run_trainer, floor: Floor, warmup: int, sync=lambda: None):
+def interleave(run_trainer, floor: Floor, warmup: int, sync=lambda: None, others: dict | None = None):
     """Trainer and floor steps in turn: run_trainer(on_progress) runs a Trainer whose every progress
     report (one per step) is followed by one floor step. Returns the trainer steps without and with a
     validation, the floor steps and the per-pair ratios, all after `warmup` steps. `sync` waits for
-    the device (CUDA runs asynchronously), so each time covers the work, not just its launch."""
+    the device (CUDA runs asynchronously), so each time covers the work, not just its launch.
+    `others` ({name: Floor}) are more floors, each run after the first one; their step times and
+    ratios (trainer step / that floor's step) are put in others_out[name] = {"times", "pairs"}."""
     plain, with_val, floor_times, pairs = [], [], [], []
     state = {"t": None}
+    others = others or {}
+    interleave.others_out = {name: {"times": [], "pairs": []} for name in others}
 
     def on_progress(p):
         sync()
@@ -314,13 +344,23 @@ def interleave(run_trainer, floor: Floor, warmup: int, sync=lambda: None):
         floor.step()
         sync()
         floor_s = time.perf_counter() - f0
+        other_s = {}
+        for name, other in others.items():
+            f0 = time.perf_counter()
+            other.step()
+            sync()
+            other_s[name] = time.perf_counter() - f0
         if p.step > warmup and trainer_s is not None and p.event is None:
             floor_times.append(floor_s)
+            for name, secs in other_s.items():
+                interleave.others_out[name]["times"].append(secs)
             if p.val_loss is not None:
                 with_val.append(trainer_s)
             else:
                 plain.append(trainer_s)
                 pairs.append(trainer_s / floor_s)
+                for name, secs in other_s.items():
+                    interleave.others_out[name]["pairs"].append(trainer_s / secs)
         state["t"] = time.perf_counter()
 
     run_trainer(on_progress)
@@ -351,17 +391,22 @@ def measure(case: str, warmup: int = 5, steps: int | None = None, budget_s: floa
     t0 = time.perf_counter()
     loaded = load_case(case)
     load_s = time.perf_counter() - t0
+    # the machine floor (SDPA, weights in the compute dtype) and ComfyUI's configured floor, both every step
     floor = Floor(loaded.model, loaded.clip, num_vectors=defaults.num_vectors, batch_size=batch,
-                  pixel_size=(loaded.size, loaded.size))
+                  pixel_size=(loaded.size, loaded.size), machine=True)
+    comfy_floor = Floor(loaded.model, loaded.clip, num_vectors=defaults.num_vectors, batch_size=batch,
+                        pixel_size=(loaded.size, loaded.size))
     check = floor.check_against_comfy(loaded.clip)
+    comfy_check = comfy_floor.check_against_comfy(loaded.clip)
     floor.step()  # first-call costs (allocator, kernels) stay out of the figures
+    comfy_floor.step()
     t0 = time.perf_counter()
     floor.step()
-    floor.step()
-    estimate = (time.perf_counter() - t0) / 2
+    comfy_floor.step()
+    estimate = time.perf_counter() - t0
     if steps is None:
-        # a trainer step plus a floor step per step, plus the validations (about 1/3 more)
-        steps = max(min_steps, min(max_steps, int(budget_s / (2.7 * estimate)) - warmup))
+        # a trainer step plus two floor steps per step, plus the validations (about 1/3 more)
+        steps = max(min_steps, min(max_steps, int(budget_s / (1.8 * estimate)) - warmup))
     validate_every = max(5, (warmup + steps) // 4)
     cfg = TrainConfig(name=f"bench-{case}", steps=warmup + steps, validate_every=validate_every, batch_size=batch)
 
@@ -376,10 +421,16 @@ def measure(case: str, warmup: int = 5, steps: int | None = None, budget_s: floa
                                           on_progress=on_progress)
             holder["result"] = trainer.run()
 
-    plain, with_val, floor_times, pairs = interleave(run_trainer, floor, warmup)
+    plain, with_val, floor_times, pairs = interleave(run_trainer, floor, warmup, others={"comfy": comfy_floor})
     result = holder["result"]
     run_s = time.perf_counter() - t0
     figures = summarize(plain, floor_times, pairs)
+    comfy = interleave.others_out["comfy"]
+    comfy_fl, comfy_pair = quantiles(comfy["times"]), quantiles(comfy["pairs"])
+    figures.update({"floor": "machine: PyTorch SDPA everywhere, weights stored in the compute dtype (fp32)",
+                    "comfy_floor_s": comfy_fl["median"], "comfy_floor_ratio": comfy_pair["median"],
+                    "comfy_floor_ratio_p10": comfy_pair["p10"], "comfy_floor_ratio_p90": comfy_pair["p90"],
+                    "machine_floor_speedup_over_comfy_floor": comfy_fl["median"] / figures["floor_s"]})
     val_extra = statistics.median(with_val) - figures["step_s"] if with_val else float("nan")
     return {
         "case": case,
@@ -397,6 +448,7 @@ def measure(case: str, warmup: int = 5, steps: int | None = None, budget_s: floa
         "validation_overhead": (val_extra / defaults.validate_every / figures["step_s"]) if defaults.validate_every else 0.0,
         "default_validate_every": defaults.validate_every,
         "floor_cond_max_abs_diff": check,
+        "comfy_floor_cond_max_abs_diff": comfy_check,
         "load_s": load_s,
         "run_s": run_s,
         "final_loss": float(result.history.loss[-1]),
@@ -418,7 +470,8 @@ def main(argv=None) -> int:
     out["torch_threads"] = torch.get_num_threads()
     emit(out, args.json)
     print(f"{args.case}: step {out['step_s'] * 1000:.1f} ms, floor {out['floor_s'] * 1000:.1f} ms, "
-          f"ratio {out['step_floor_ratio']:.3f}", file=sys.stderr)
+          f"ratio {out['step_floor_ratio']:.3f}; ComfyUI's floor {out['comfy_floor_s'] * 1000:.1f} ms, "
+          f"ratio {out['comfy_floor_ratio']:.3f}", file=sys.stderr)
     return 0
 
 
