@@ -42,7 +42,7 @@ import folder_paths
 import torch
 
 from .tokensmith.comfy_reads import Slot
-from .tokensmith.embedding import family_of
+from .tokensmith.embedding import family_name, family_of
 from .tokensmith.errors import EmbeddingNameError, FamilyMismatchError, TrainingError
 from .tokensmith.names import safe_join
 from .tokensmith.objective import Objective, objective_for
@@ -203,7 +203,10 @@ def prediction_type(model) -> str:
 def training_objective(model) -> Objective:
     """The training loss for this model's sampling (tokensmith.objective), chosen from its own
     model_sampling: a new kind of sampling maps to its Objective here and in prediction_type."""
-    return objective_for(prediction_type(model))
+    kind = prediction_type(model)
+    if kind == "flow":
+        return FLOW_MATCHING  # SD3, Flux, Chroma, Z-Image (flow_loss; below)
+    return objective_for(kind)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -873,6 +876,28 @@ def check_embedding_use(clip) -> None:
             "used in a prompt; TokenSmith cannot train embeddings for this model on this ComfyUI version")
 
 
+# family -> the tokenizer class of the CLIP ComfyUI loads for it (checkpoint, TripleCLIPLoader, DualCLIPLoader
+# flux, CLIPLoader chroma / lumina2 / qwen_image)
+_FLOW_TOKENIZERS = {"sd3": "SD3Tokenizer", "flux": "FluxTokenizer", "chroma": "PixArtTokenizer",
+                    "zimage": "ZImageTokenizer", "qwen_image": "QwenImageTokenizer"}
+
+
+def flow_family(model, clip) -> str | None:
+    """For a flow-matching MODEL, the family it and the CLIP share, checked: the CLIP is the one ComfyUI
+    loads for that family and its prompts can use embedding:NAME (check_embedding_use). None for other
+    models (SD1.x, SD2.x, SDXL are checked by the trainer)."""
+    family = _flow_model_family(model.model)
+    if family is None:
+        return None
+    tokenizer = type(clip.tokenizer).__name__
+    if tokenizer != _FLOW_TOKENIZERS[family]:
+        raise FamilyMismatchError(
+            f"MODEL is {family_name(family)} but this CLIP is not its text encoder (tokenizer {tokenizer}): connect "
+            "the CLIP from the same checkpoint, or the text encoders loaded for this model")
+    check_embedding_use(clip)
+    return family
+
+
 def _spaced_slots(encoders: list[Encoder]) -> bool:
     # SD1/SD2/SDXL prompts put the slot as " embedding:NAME " (CLIP's tokenizer ignores the extra
     # spaces). The T5 / LLM tokenizers keep spaces as tokens: the slot must stand exactly where the user
@@ -1145,7 +1170,9 @@ def sample_latents(model, clip, tokens: dict, negative_tokens: dict, seed: int, 
         clip.load_model()
         positive = conditioning(tokens)
         negative = conditioning(negative_tokens)
-        latent = torch.zeros([batch, 4, height // 8, width // 8])
+        # the model's latent channels and layout (16 for the flow-matching families), as EmptyLatentImage +
+        # comfy.sample.fix_empty_latent_channels give them
+        latent = comfy.sample.fix_empty_latent_channels(model, torch.zeros([batch, 4, height // 8, width // 8]))
         noise = comfy.sample.prepare_noise(latent, seed)
         return comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", positive, negative, latent,
                                    denoise=1.0, seed=seed, disable_pbar=True)

@@ -95,7 +95,11 @@ def check_schedule(cfg: TrainConfig):
 
 
 def check_family(model, clip) -> str:
-    """The family MODEL and CLIP share (sd1 / sd2 / sdxl), or a FamilyMismatchError."""
+    """The family MODEL and CLIP share (sd1 / sd2 / sdxl, or a flow-matching one the adapter checks: sd3,
+    flux, chroma, zimage), or a FamilyMismatchError."""
+    flow = adapter.flow_family(model, clip)
+    if flow is not None:
+        return flow
     model_fam = adapter.model_family(model)
     clip_fam = adapter.clip_family(clip)
     if model_fam == "unknown" or clip_fam not in ("sd1", "sd2", "sdxl"):
@@ -158,6 +162,8 @@ class BatchLoss:
     def __call__(self, params, prompts: list[str], bucket: Bucket, positions: torch.Tensor, gen: torch.Generator,
                  u: torch.Tensor | None = None, noise: torch.Tensor | None = None, weighted: bool = True) -> torch.Tensor:
         token_sets = [adapter.fill_slots(self.rows.tokens(prompt), params, self.encoders) for prompt in prompts]
+        if self.objective.kind == "flow":  # SD3, Flux, Chroma, Z-Image: the adapter's flow_loss
+            return self._flow_loss(token_sets, bucket, positions, gen, u, noise)
         cond, pooled = adapter.encode_batch(self.clip, token_sets)
         cond = cond.to(self.device)
         pooled = None if pooled is None else pooled.to(self.device)
@@ -172,6 +178,19 @@ class BatchLoss:
         mask = None if bucket.masks is None else bucket.masks[positions].to(self.device)
         return self.objective.loss(x0_pred, x0, sigmas, mask=mask,
                                    min_snr_gamma=(self.cfg.min_snr_gamma or None) if weighted else None)
+
+    def _flow_loss(self, token_sets, bucket: Bucket, positions, gen, u, noise) -> torch.Tensor:
+        # the same draws in the same order as the eps/v path; prompts encode one by one (T5 and the LLM
+        # encoders give prompts different lengths), each through the model's own conditioning inputs
+        x0 = adapter.latents_for_model(self.model, self.latents(bucket, positions, gen))
+        if u is None:
+            u = torch.rand(len(positions), generator=gen)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=gen)
+        mask = None if bucket.masks is None else bucket.masks[positions].to(self.device)
+        conditioning = adapter.encode_prompts(self.clip, token_sets)
+        return adapter.flow_loss(self.model, x0, conditioning, adapter.flow_sigmas(self.model, u),
+                                 noise.reshape(x0.shape).to(self.device), mask=mask)
 
     def validation(self, params, batches: list[ValidationBatch]) -> float:
         """The mean loss over a fixed validation set, without gradients."""
