@@ -42,6 +42,7 @@ SDXL = "Train an SDXL embedding"
 RESUME = "Resume a training run"
 MASKS = "Train with masks"
 COMPARE = "Compare snapshots by step"
+USE = "Use embeddings in prompts"
 # UI node types that are not executed (the front end drops them from the API format).
 VIRTUAL_TYPES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 
@@ -288,7 +289,41 @@ def _more_examples(ckpt: dict) -> list[Example]:
           "For your own pictures: paint masks in an editor and load them with a second *Load Image Dataset from "
           "Folder* and *Convert Image to Mask*, one mask per picture, in the same order and size."),
     )
-    return [style, sdxl, resume, masks, _compare_example(ckpt, dataset)]
+    return [style, sdxl, resume, masks, _compare_example(ckpt, dataset), _use_example(ckpt)]
+
+
+def _use_example(ckpt: dict) -> Example:
+    """Pick Embedding's prompt text, and an unsaved merge used in a prompt through Text Encode with Embedding."""
+    ring = "tokensmith-ring.safetensors"
+    api = {
+        "1": ckpt,
+        "2": {"class_type": "TokenSmithPickEmbedding", "inputs": {"embedding": ring, "weight": 1.2}},
+        **_use_prompt(3, ["2", 0], "a photo of", "on a wooden table, sharp focus"),
+        **_sampler(["5", 0], ["6", 0], "tokensmith/picked", 7),
+        "20": {"class_type": "TokenSmithLoadEmbedding", "inputs": {"file": ring}},
+        "21": {"class_type": "TokenSmithEmbeddingFromText", "inputs": {"clip": ["1", 1], "text": "red circle"}},
+        "22": {"class_type": "TokenSmithMergeEmbeddings", "inputs": {
+            "operation": "weighted sum", "a": ["20", 0], "b": ["21", 0], "clip": ["1", 1],
+            "weight_a": 0.7, "weight_b": 0.3, "weight_c": 1.0, "weight_d": 1.0, "t": 0.5, "factor": 1.0,
+            "encoder": "clip_g", "norm": 0.0, "n": 1, "shift": 1, "expression": ""}},
+        "23": {"class_type": "TokenSmithEncodeWithEmbedding", "inputs": {
+            "clip": ["1", 1], "embedding": ["22", 0], "keyword": "draft",
+            "text": "a photo of embedding:draft on a wooden table, sharp focus"}},
+        **_sampler(["23", 0], ["6", 0], "tokensmith/unsaved", 24),
+    }
+    columns = [(380, ["note", "1", "2"]), (380, ["3", "4", "5", "6"]), (340, ["7", "8", "9", "10"]),
+               (440, ["20", "21", "23"]), (480, ["22"]), (340, ["24", "25", "26", "27"])]
+    note = (
+        "## Use embeddings in prompts\n"
+        "**Pick Embedding** lists the embeddings folders: pick a file and a weight and it writes "
+        "`(embedding:tokensmith-ring:1.2)` for your prompt, no typing of names.\n\n"
+        "**Text Encode with Embedding** uses an embedding that is not saved yet: here a merge of "
+        "`tokensmith-ring` with `red circle` is `embedding:draft` in the prompt. The picture is the one the "
+        "saved file would give; save the merge when you like it.\n\n"
+        "`tokensmith-ring` comes from *Train an embedding from images* or `make demo`: run one of those first.")
+    titles = {"7": "picked: latent", "8": "picked: sampler", "24": "unsaved merge: latent",
+              "25": "unsaved merge: sampler"}
+    return Example(USE, api, columns, note, titles)
 
 
 COMPARE_STEPS = (100, 200, 300)

@@ -23,6 +23,7 @@ from devkit.workflows import (
     SDXL,
     STYLE,
     TRAIN,
+    USE,
     close_missing_models_dialog,
     examples,
     load_example,
@@ -148,7 +149,8 @@ def test_extensions_load_without_errors(page, browser_server):
     assert sorted(templates.get("TokenSmith", [])) == sorted(ex.name for ex in examples())
 
 
-@pytest.mark.parametrize("name", [TRAIN, NEGATIVE, MERGE, CONVERT, STYLE, SDXL, RESUME, MASKS, COMPARE])
+@pytest.mark.parametrize("name", [TRAIN, NEGATIVE, MERGE, CONVERT, STYLE, SDXL, RESUME, MASKS, COMPARE,
+                                  USE])
 def test_example_opens_from_the_template_browser(page, browser_server, artifacts, name):
     open_template(page, name)
     saved = load_example(name)
@@ -310,8 +312,8 @@ QUICK_TRAIN = {"steps": 3, "validate_every": 0, "early_stop_patience": 0, "previ
 
 def test_new_examples_run(page, training_run, browser_server):
     """Style, SDXL (wired to the small SD1 checkpoint at 64 px), resume (from the training run's
-    tokensmith-ring), masks and the snapshot comparison run to the end as they open, with only sizes
-    and step counts made small."""
+    tokensmith-ring), masks, the snapshot comparison and the use of embeddings in prompts (Pick, and an
+    unsaved merge) run to the end as they open, with only sizes and step counts made small."""
     folder = browser_server.base / "models" / "embeddings"
     runs = [
         (STYLE, {}, "tokensmith-style"),
@@ -322,6 +324,7 @@ def test_new_examples_run(page, training_run, browser_server):
         (MASKS, {}, "tokensmith-ring-masked"),
         (COMPARE, {"TokenSmithTrainEmbedding": {**QUICK_TRAIN, "steps": 2, "save_every": 1}},
          "tokensmith-ring-steps-step00001"),
+        (USE, {}, RING),
     ]
     for name, extra, made in runs:
         open_template(page, name)
