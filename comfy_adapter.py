@@ -1162,6 +1162,8 @@ def sample_latents(model, clip, tokens: dict, negative_tokens: dict, seed: int, 
     import comfy.sample
 
     def conditioning(tok):
+        if is_flow_model(model):  # the whole conditioning dict, as CLIPTextEncode gives it (Chroma needs pooled_output: None)
+            return [list(encode_conditioning(clip, tok))]
         cond, pooled = encode_tokens(clip, tok)
         extra = {"pooled_output": pooled} if pooled is not None else {}
         return [[cond, extra]]

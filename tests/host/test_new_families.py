@@ -356,3 +356,21 @@ def test_trainer_refuses_a_clip_of_another_family(tiny, pack):
     with torch.inference_mode(), pytest.raises(pack("tokensmith.errors").FamilyMismatchError, match="not its text encoder"):
         pack("trainer").Trainer(ms.model, other.clip, ms.vae, pictures(), train_config(pack, name="mixed-flow"),
                                 overwrite=True)
+
+
+@pytest.mark.parametrize("family", ["flux", "chroma"])
+def test_train_node_with_previews(family, tiny, node_classes):
+    """The Train Embedding node itself on a flow-matching family, previews included (sampled by core's
+    sampler at the model's 16 latent channels): it returns the embedding, its prompt word and pictures."""
+    ms = tiny(family)
+    name = f"node-{family}-{uuid.uuid4().hex[:8]}"
+    train = node_classes["TokenSmithTrainEmbedding"]
+    with torch.inference_mode():
+        out = train.execute([ms.model], [ms.clip], [name], ["*"], [2], ["object"], [2], ["5e-2"], [1], [0], [True],
+                            vae=[ms.vae], images=[pictures(2)], validate_every=[0], preview_every=[2],
+                            preview_steps=[2])
+    embedding, prompt_word = out.result[0], out.result[1]
+    assert prompt_word == f"embedding:{name}"
+    assert set(embedding.vectors) == set(KEYS[family])
+    previews = out.result[3]
+    assert previews.shape[-1] == 3 and previews.shape[0] >= 1 and torch.isfinite(previews).all()
