@@ -1,0 +1,94 @@
+"""python -m devkit.miniworld.check [--prompts 12] [--out grid.png]: does the checkpoint draw its prompts?
+
+Loads the cached mini-world checkpoint (building it first when missing) with ComfyUI's
+CheckpointLoaderSimple, draws each prompt with CLIPTextEncode, KSampler (euler, 12 steps, CFG 5,
+negative ""), VAEDecode, reads each picture back into words with world.classify and prints how
+often each word agrees with the prompt, beside chance (1/5 colour and shape, 1/3 background, 1/2 size).
+The grid (sampled pictures above, the drawn scene below) goes to --out.
+
+Measured here (2026-12-02, this check's 12 prompts; chance colour 0.20, shape 0.20, background 0.33):
+  220 UNet steps, weight floor 0.2 (the default):  colour 0.33, shape 0.42, background 0.17
+  220 UNet steps, weight floor 1.0:                colour 0.42, shape 0.17, background 0.33
+and with other prompts, 150 steps of eps-MSE with min-SNR-5: colour 0.25, shape 0.08, background 0.33.
+The pictures keep visible noise and 8-pixel blocks: within chance of 12 samples, not yet a model that
+draws what it is told. The VAE is not the limit (6.5/255 mean reconstruction error); the UNet barely
+uses its conditioning (its x0 error at sigma 10: 0.90 with the right caption, 0.93 with a wrong one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import world
+
+CHANCE = {"colour": 1 / len(world.COLOURS), "shape": 1 / len(world.SHAPES), "background": 1 / len(world.BACKGROUNDS),
+          "size": 1 / len(world.SIZES)}
+
+
+def measure(path: Path, prompts: int = 12, steps: int = 12, cfg: float = 5.0, out: Path | None = None) -> dict:
+    from devkit.comfy_host import import_comfy
+
+    base = Path(tempfile.mkdtemp(prefix="tokensmith-miniworld-check-"))
+    import_comfy(base)
+    import folder_paths
+    import nodes
+    from PIL import Image
+
+    link = base / "models" / "checkpoints" / path.name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.exists():
+        os.symlink(path.resolve(), link)
+    folder_paths.filename_list_cache.clear()
+    rng = random.Random(7)
+    agree = dict.fromkeys(CHANCE, 0)
+    grid = Image.new("RGB", (world.SIZE * prompts, world.SIZE * 2))
+    t0, c0 = time.perf_counter(), time.process_time()
+    with torch.inference_mode():
+        model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(path.name)[:3]
+        negative = nodes.CLIPTextEncode().encode(clip, "")[0]
+        for i in range(prompts):
+            scene = world.random_scene(rng, shape=world.SHAPES[i % len(world.SHAPES)])
+            positive = nodes.CLIPTextEncode().encode(clip, scene.caption)[0]
+            latent = nodes.EmptyLatentImage().generate(world.SIZE, world.SIZE, 1)[0]
+            sampled = nodes.KSampler().sample(model, i, steps, cfg, "euler", "normal", positive, negative, latent)[0]
+            picture = nodes.VAEDecode().decode(vae, sampled)[0][0].cpu().numpy()
+            got = world.classify(picture)
+            for k in agree:
+                agree[k] += got[k] == getattr(scene, k)
+            print(f"  {scene.caption:45s} -> {got}", flush=True)
+            grid.paste(Image.fromarray((np.clip(picture, 0, 1) * 255).astype(np.uint8)), (world.SIZE * i, 0))
+            grid.paste(world.draw(scene), (world.SIZE * i, world.SIZE))
+    rates = {k: v / prompts for k, v in agree.items()}
+    if out is not None:
+        grid.save(out)
+    return {"agreement": rates, "chance": CHANCE, "wall_s": time.perf_counter() - t0,
+            "cpu_s": time.process_time() - c0}
+
+
+def main(argv=None) -> int:
+    from . import ensure_checkpoint
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, default=None, help="default: the cached mini-world checkpoint")
+    parser.add_argument("--prompts", type=int, default=12)
+    parser.add_argument("--out", type=Path, default=None, help="where to save the picture grid")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    result = measure(args.checkpoint or ensure_checkpoint(), args.prompts, out=args.out)
+    for k, v in result["agreement"].items():
+        print(f"{k:10s} agrees {v:.2f} (chance {result['chance'][k]:.2f})")
+    print(f"sampling: {result['wall_s']:.0f} s wall, {result['cpu_s']:.0f} s CPU")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
