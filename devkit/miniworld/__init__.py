@@ -1,4 +1,5 @@
-"""The mini-world: a small SD1.5 checkpoint, pre-trained here, that draws what its prompt says.
+"""The mini-world: a small SD1.5 checkpoint, pre-trained here, meant to draw what its prompt says
+(not there yet: `python -m devkit.miniworld.check` measures how often it does, see check.py).
 
 `ensure_checkpoint()` gives the checkpoint file, building it first when the cache has none for the
 current code: the file's name carries a hash of the files it is made from, so a change to the
