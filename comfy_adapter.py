@@ -377,6 +377,17 @@ class PromptRows:
                 dirs = [dirs]
             sub.embedding_directory = [self._tmp, *dirs]
             setattr(self.tokenizer, e.attr or e.key, sub)
+        # A tokenizer without a loaded encoder (SD3's T5 when the CLIP has none) sees the slot too (it takes
+        # the file's first rows, as it would take a user's file; its rows are never encoded) instead of
+        # warning that the slot does not exist. SD1/SD2/SDXL have none.
+        covered = {e.attr or e.key for e in self.encoders}
+        for attr, tok in list(vars(self.tokenizer).items()):
+            if (isinstance(tok, comfy.sd1_clip.SDTokenizer) and attr not in covered
+                    and tok.embedding_directory is not None):
+                sub = copy.copy(tok)
+                dirs = [tok.embedding_directory] if isinstance(tok.embedding_directory, str) else tok.embedding_directory
+                sub.embedding_directory = [self._tmp, *dirs]
+                setattr(self.tokenizer, attr, sub)
 
     def close(self) -> None:
         shutil.rmtree(self._tmp, ignore_errors=True)

@@ -374,3 +374,15 @@ def test_train_node_with_previews(family, tiny, node_classes):
     assert set(embedding.vectors) == set(KEYS[family])
     previews = out.result[3]
     assert previews.shape[-1] == 3 and previews.shape[0] >= 1 and torch.isfinite(previews).all()
+
+
+def test_sd3_without_t5_places_slots_without_warnings(tiny, adapter, caplog):
+    """SD3 without T5 keeps the T5 tokenizer: the prompt rows' slot must not be reported missing there."""
+    import logging
+
+    clip = tiny("sd3").clip
+    with caplog.at_level(logging.WARNING), adapter.PromptRows(clip, 2) as rows:
+        tokens = rows.tokens("a drawing of [name] in the snow")
+    assert not [r for r in caplog.records if "does not exist" in r.getMessage()]
+    assert set(tokens) >= {"l", "g"}
+    assert adapter.unreadable_encoders(clip) == [] and [e.key for e in rows.encoders] == ["clip_l", "clip_g"]
