@@ -101,8 +101,14 @@ def _mutmut_globs(targets: list[Path]) -> list[str]:
     return globs
 
 
-def run_mutmut(targets: list[Path]) -> tuple[dict[str, dict], list[dict]]:
+def run_mutmut(targets: list[Path], report_only: bool = False) -> tuple[dict[str, dict], list[dict]]:
     files = sorted({f for t in targets for f in ([t] if t.is_file() else t.rglob("*.py"))})
+    if not report_only:
+        _mutmut(targets)
+    return _mutmut_results(files)
+
+
+def _mutmut(targets: list[Path]) -> None:
     started = time.monotonic()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     # Stats (which tests reach which function) afresh every run: mutmut 3.8 updates them only for new
@@ -114,6 +120,10 @@ def run_mutmut(targets: list[Path]) -> tuple[dict[str, dict], list[dict]]:
     elapsed = time.monotonic() - started
     if proc.returncode != 0:
         raise SystemExit(f"mutmut exited with {proc.returncode}")
+    print(f"mutmut: {elapsed:.0f} s for {', '.join(_mutmut_globs(targets))}")
+
+
+def _mutmut_results(files: list[Path]) -> tuple[dict[str, dict], list[dict]]:
     modules: dict[str, dict] = {}
     survivors: list[dict] = []
     for f in files:
@@ -132,7 +142,6 @@ def run_mutmut(targets: list[Path]) -> tuple[dict[str, dict], list[dict]]:
             if status not in KILLED:
                 survivors.append({"mutant": name, "status": status, "diff": _mutmut_diff(name),
                                   "equivalent": EQUIVALENT.get(name)})
-    print(f"mutmut: {elapsed:.0f} s for {', '.join(_mutmut_globs(targets))}")
     return modules, survivors
 
 
@@ -356,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("targets", nargs="*", help="files or folders under tokensmith/, or server_routes.py")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: report mutmut's stored results for the tokensmith/ targets (e.g. after "
+                         "`mutmut run NAME...` retried single mutants)")
     args = ap.parse_args(argv)
     targets = [(REPO_ROOT / t).resolve() for t in (args.targets or ["tokensmith", "server_routes.py"])]
     route = any(t.name == "server_routes.py" for t in targets)
@@ -367,10 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     modules: dict[str, dict] = {}
     survivors: list[dict] = []
     if core:
-        m, s = run_mutmut(core)
+        m, s = run_mutmut(core, report_only=args.report_only)
         modules.update(m)
         survivors += s
-    if route:
+    if route and not args.report_only:
         m, s = run_route()
         modules.update(m)
         survivors += s
