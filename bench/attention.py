@@ -1,7 +1,7 @@
 """Training step time and peak memory with the training attention (comfy_adapter.training_attention:
 PyTorch's SDPA) against ComfyUI's configured attention, on the same model in one process.
 
-    python -m bench.attention [--sizes 64 256 512] [--pairs 6] [--warmup 2] [--json OUT]
+    python -m bench.attention [--sizes 64 256 512] [--pairs 6] [--warmup 2] [--compare attention|weight-casts] [--json OUT]
 
 Model: the real-architecture SD1.5 checkpoint (devkit.make_checkpoint: full CLIP-L, 320-channel
 UNet, random weights) loaded by load_checkpoint_guess_config, as CheckpointLoaderSimple does.
@@ -48,17 +48,25 @@ def _trim_heap() -> None:
 class Variant:
     """Which attention the adapter's training calls get: the training attention ("fast") or none,
     i.e. ComfyUI's configured function ("plain"). The adapter looks training_attention() up on every
-    attention call, so the bench can switch between two steps of one run."""
+    attention call, so the bench can switch between two steps of one run.
 
-    def __init__(self, adapter):
+    With compare="weight-casts" the switch is the stored-weight backward instead
+    (comfy_adapter._casts_stored_weight, looked up on every Linear call): "fast" is the adapter as
+    shipped (fp16 weights saved, cast again in backward), "plain" is ComfyUI's cast kept by autograd."""
+
+    SWITCHES = {"attention": ("training_attention", lambda device: None),
+                "weight-casts": ("_casts_stored_weight", lambda module, x: False)}
+
+    def __init__(self, adapter, compare: str = "attention"):
         self.adapter = adapter
-        self.chosen = adapter.training_attention
+        self.attr, self.plain = self.SWITCHES[compare]
+        self.chosen = getattr(adapter, self.attr)
 
     def set(self, variant: str) -> None:
-        self.adapter.training_attention = self.chosen if variant == "fast" else (lambda device: None)
+        setattr(self.adapter, self.attr, self.chosen if variant == "fast" else self.plain)
 
     def restore(self) -> None:
-        self.adapter.training_attention = self.chosen
+        setattr(self.adapter, self.attr, self.chosen)
 
 
 def run_trainer(trainer_mod, loaded, cfg, size: int, on_progress) -> None:
@@ -109,7 +117,7 @@ def memory_run(trainer_mod, TrainConfig, loaded, variant: Variant, size: int, wh
     return {"rss_before_mb": rss_before, "peak_rss_mb": peak.peak_mb(), "first_loss": losses[0]}
 
 
-def measure(sizes: list[int], pairs: int, warmup: int, memory_steps: int) -> dict:
+def measure(sizes: list[int], pairs: int, warmup: int, memory_steps: int, compare: str = "attention") -> dict:
     trainer_mod = comfy_host.pack_import("trainer")
     TrainConfig = comfy_host.pack_import("tokensmith.train_config").TrainConfig
     adapter = comfy_host.pack_import("comfy_adapter")
@@ -121,8 +129,8 @@ def measure(sizes: list[int], pairs: int, warmup: int, memory_steps: int) -> dic
     load_s = time.perf_counter() - t0
     device = adapter.training_device(loaded.model)
     fast_fn = adapter.training_attention(device)
-    variant = Variant(adapter)
-    out = {"model": "real-architecture SD1.5 checkpoint (random weights)", "load_s": load_s,
+    variant = Variant(adapter, compare)
+    out = {"model": "real-architecture SD1.5 checkpoint (random weights)", "load_s": load_s, "compare": compare,
            "device": str(device), "configured_attention": attention.optimized_attention.__name__,
            "training_attention": getattr(fast_fn, "__name__", None), "cases": []}
     for size in sizes:
@@ -164,10 +172,13 @@ def main(argv=None) -> int:
     parser.add_argument("--pairs", type=int, default=6, help="timed plain + fast step pairs per size")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--memory-steps", type=int, default=2, help="steps of each memory run")
+    parser.add_argument("--compare", choices=sorted(Variant.SWITCHES), default="attention",
+                        help="what plain and fast differ in (weight-casts: the stored-weight backward)")
     add_common_args(parser)
     args = parser.parse_args(argv)
     load = os.getloadavg()
-    out = run_in_host(args.threads, lambda: measure(args.sizes, args.pairs, args.warmup, args.memory_steps))
+    out = run_in_host(args.threads, lambda: measure(args.sizes, args.pairs, args.warmup, args.memory_steps,
+                                                    args.compare))
     out["torch_threads"] = torch.get_num_threads()
     out["torch"] = torch.__version__
     out["load_average_start"] = load

@@ -340,6 +340,19 @@ def main(argv=None) -> int:
 
     run["diffusers"] = diffusers.__version__
     cases = []
+
+    def write() -> None:
+        # after every case, so a long run that is stopped keeps what it measured; cases measured by
+        # an earlier invocation into the same file (other sizes or vector counts) are kept beside them
+        old = json.loads(args.json.read_text()) if args.json.exists() else {}
+        mine = {c["case"] for c in cases}
+        kept = [c for c in old.get("cases", []) if c.get("case") not in mine]
+        run["load_now"] = [round(x, 2) for x in os.getloadavg()]
+        run["wall_s"] = time.perf_counter() - started
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"run": run, "earlier_runs": [r for r in [old.get("run")] + old.get("earlier_runs", []) if r],
+                                         "conversion_check": check, "cases": kept + cases}, indent=2) + "\n")
+
     with tempfile.TemporaryDirectory(prefix="tokensmith-vsd-") as tmp:
         work = Path(tmp)
         check = _child(["convert", "--out", str(work / "sd15-diffusers")], args.threads)
@@ -355,10 +368,8 @@ def main(argv=None) -> int:
                       f"{c['peak_rss_mb']:.0f} / {c['peer_peak_rss_mb']:.0f} MB = {c['peak_rss_ratio']:.2f}; "
                       f"training +{c['training_growth_mb']:.0f} MB over {c['rss_before_training_mb']:.0f} MB",
                       file=sys.stderr, flush=True)
-    run["load_after"] = [round(x, 2) for x in os.getloadavg()]
-    run["wall_s"] = time.perf_counter() - started
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"run": run, "conversion_check": check, "cases": cases}, indent=2) + "\n")
+                c["load_after_case"] = [round(x, 2) for x in os.getloadavg()]
+                write()
     print(f"wrote {args.json}")
     return 0
 
