@@ -63,6 +63,19 @@ EQUIVALENT: dict[str, str] = {
         "(NUL byte) instead of raising, and every OSError from stat() carries a strerror",
     "tokensmith.writer.x_atomic_write_bytes__mutmut_9": "'and' -> 'or' in the same test: as _8",
     "tokensmith.writer.x_atomic_write_bytes__mutmut_10": "str(exc) -> str(None) in the same branch: as _8",
+    "tokensmith.schedule.x__step_points__mutmut_49":
+        "'continue' -> 'break' after a part without a step: only the last part can have none (_step_part "
+        "refuses a stepless or ':-1' part anywhere else), so there is nothing left to break out of",
+    "tokensmith.schedule.x_parse_schedule__mutmut_35":
+        "'warmup_steps > 0' -> '>= 0': with warmup_steps 0 the other half, 0 >= total_steps, is never true "
+        "(total_steps is at least 1)",
+    "tokensmith.writer.x__current_umask__mutmut_1":
+        "not reachable by mutmut (not equivalent): _current_umask runs once, at import, to set _FILE_MODE, "
+        "before a mutant is switched on in the forked test process; the mode it gives is checked by "
+        "test_writer_contract.py::test_a_written_file_gets_the_usual_permissions",
+    "tokensmith.writer.x__current_umask__mutmut_2": "as _current_umask__mutmut_1 (runs at import only)",
+    "tokensmith.writer.x__current_umask__mutmut_3": "as _current_umask__mutmut_1 (runs at import only)",
+    "tokensmith.writer.x__current_umask__mutmut_4": "as _current_umask__mutmut_1 (runs at import only)",
     "tokensmith.schedule.xǁScheduleǁvalue__mutmut_44":
         "warmup 'step <= warmup_steps' -> '<': at step == warmup_steps the ramp multiplies by "
         "warmup_steps / warmup_steps == 1.0 exactly, so the rate is the same float either way",

@@ -89,3 +89,15 @@ def test_describe_adds_the_hold_and_the_warmup():
     assert parse_schedule("0.1", 10, warmup_steps=2).describe() == "constant 0.1; linear warmup over the first 2 steps"
     assert parse_schedule("0.1 -> 0.01", 10, warmup_steps=2, shape="cosine").describe() == (
         "cosine from 0.1 to 0.01 over steps 3-10; linear warmup over the first 2 steps")
+
+
+def test_constant_lists_warmup_edges_and_the_length_kept():
+    with pytest.raises(ScheduleError) as info:
+        parse_schedule("0.1, 0.2", 10, shape="constant")
+    assert str(info.value) == "a constant schedule is one number, got '0.1, 0.2'; use shape 'steps' for a list"
+    with pytest.raises(ScheduleError) as info:
+        parse_schedule("0.1", 1, warmup_steps=1)
+    assert str(info.value) == "warmup_steps (1) must be smaller than total_steps (1); lower the warmup"
+    assert parse_schedule("0.1", 1).value(1) == 0.1
+    assert parse_schedule("0.1:3, 0.01", 10).total_steps == 10
+    assert parse_schedule("0.1", 10, shape="constant").total_steps == 10

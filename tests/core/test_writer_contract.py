@@ -207,3 +207,42 @@ def test_the_nan_refusal_says_how_to_recover(tmp_path):
         write_embedding_file(Embedding({"clip_l": torch.tensor([[float("nan"), 1.0, float("inf")] * 256])}), target)
     assert str(info.value) == (f"{target}: clip_l vectors hold 512 NaN/Inf values; refusing to save a broken "
                                "embedding (roll back to an earlier step or lower the learning rate)")
+
+
+def test_a_failed_write_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer.os, "fsync", disk_full)
+    target = tmp_path / "full.safetensors"
+    with pytest.raises(EmbeddingFileError) as info:
+        atomic_write_bytes(target, b"data")
+    assert str(info.value) == f"{target}: could not be written (No space left on device)"
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_temp_name_that_cannot_be_removed_does_not_hide_the_outcome(tmp_path, monkeypatch):
+    # removing the temporary name is best effort: the link (or the write's error) is what counts
+    def no_unlink(self, missing_ok=False):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    target = tmp_path / "linked.safetensors"
+    tmp = _staged(tmp_path)
+    monkeypatch.setattr(writer.Path, "unlink", no_unlink)
+    _link_new(tmp, target)
+    assert target.read_bytes() == b"new"
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer.os, "fsync", disk_full)
+    with pytest.raises(EmbeddingFileError, match="could not be written"):
+        atomic_write_bytes(tmp_path / "full.safetensors", b"data")
+
+
+def test_a_written_file_gets_the_usual_permissions(tmp_path):
+    # mkstemp makes 0600; the file must read as any other file the user writes (0666 less the umask)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    target = atomic_write_bytes(tmp_path / "mode.safetensors", b"data")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
