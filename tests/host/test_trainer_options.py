@@ -16,6 +16,20 @@ import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 
+def recorder(seen: list):
+    """A forward hook on the diffusion model that records, for each training call, its input latents,
+    timesteps, output and the gradient that reaches the output."""
+
+    def on_forward(module, args, output):
+        if output.requires_grad:
+            entry = {"x": args[0].detach().float().clone(), "t": args[1].detach().float().clone(),
+                     "out": output.detach().float().clone()}
+            output.register_hook(lambda g: entry.setdefault("grad", g.detach().float().clone()))
+            seen.append(entry)
+
+    return on_forward
+
+
 def pictures(count=2, size=64, seed=0):
     return torch.rand(count, size, size, 3, generator=torch.Generator().manual_seed(seed))
 
@@ -287,13 +301,7 @@ def test_gradient_accumulation_weighs_each_picture_as_one_batch_of_k_times_b(pac
 
     def factors(k, b):
         seen = []
-
-        def on_forward(module, args, output):
-            if output.requires_grad:
-                entry = {"x": args[0].detach().float().clone(), "t": args[1].detach().float().clone(),
-                         "out": output.detach().float().clone()}
-                output.register_hook(lambda g: entry.setdefault("grad", g.detach().float().clone()))
-                seen.append(entry)
+        on_forward = recorder(seen)
 
         with hooked(unet(sd1), on_forward):
             train(pack, sd1, images=picture, steps=2, batch_size=b, gradient_accumulation=k,
@@ -568,13 +576,7 @@ def test_sd2_trains_on_the_v_prediction_target(pack, sd2):
     with torch.inference_mode():
         x0 = sd2.model.model.process_latent_in(sd2.vae.encode(picture[:, :, :, :3])).float()
     seen = []
-
-    def on_forward(module, args, output):
-        if output.requires_grad:
-            entry = {"x": args[0].detach().float().clone(), "t": args[1].detach().float().clone(),
-                     "out": output.detach().float().clone()}
-            output.register_hook(lambda g: entry.setdefault("grad", g.detach().float().clone()))
-            seen.append(entry)
+    on_forward = recorder(seen)
 
     with hooked(unet(sd2), on_forward):
         result = train(pack, sd2, images=picture, steps=3, batch_size=2, latent_sampling="deterministic")
