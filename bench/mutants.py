@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 from devkit.comfy_host import REPO_ROOT
@@ -306,12 +307,22 @@ def route_mutants() -> list[tuple[str, str, ast.FunctionDef]]:
     return out
 
 
+def _mutant_function(mod, mutated: ast.FunctionDef):
+    """The mutated function, made from its compiled code in the loaded module's globals (no exec):
+    it replaces the original there, defaults and all, for this child process only."""
+    module_code = compile(ast.Module(body=[mutated], type_ignores=[]), mod.__file__, "exec")
+    code = next(c for c in module_code.co_consts if isinstance(c, types.CodeType) and c.co_name == mutated.name)
+    original = getattr(mod, mutated.name)
+    fn = types.FunctionType(code, mod.__dict__, mutated.name, original.__defaults__)
+    fn.__kwdefaults__ = original.__kwdefaults__
+    return fn
+
+
 def _run_route_child(mod, mutated: ast.FunctionDef | None) -> int:
     import pytest
 
     if mutated is not None:
-        code = compile(ast.Module(body=[mutated], type_ignores=[]), mod.__file__, "exec")
-        exec(code, mod.__dict__)  # noqa: S102 - the mutant replaces the loaded function
+        setattr(mod, mutated.name, _mutant_function(mod, mutated))
     return int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *ROUTE_TESTS]))
 
 

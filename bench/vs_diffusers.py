@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import runpy
 import statistics
 import subprocess
 import sys
@@ -210,7 +211,9 @@ def peer_run(script: Path, model_dir: Path, images_dir: Path, size: int, vectors
     source = script.read_text()
     if source.count("flip_p=0.5") != 1:
         raise RuntimeError("the peer script's dataset no longer reads flip_p=0.5: check the no-flip change")
-    source = source.replace("flip_p=0.5", "flip_p=0.0")
+    no_flip = out_dir / f"no_flip_{script.name}"
+    no_flip.parent.mkdir(parents=True, exist_ok=True)
+    no_flip.write_text(source.replace("flip_p=0.5", "flip_p=0.0"))
     sys.argv = [str(script), "--pretrained_model_name_or_path", str(model_dir), "--train_data_dir", str(images_dir),
                 "--placeholder_token", PLACEHOLDER, "--initializer_token", INIT, "--num_vectors", str(vectors),
                 "--resolution", str(size), "--train_batch_size", "1", "--max_train_steps", str(steps),
@@ -218,7 +221,7 @@ def peer_run(script: Path, model_dir: Path, images_dir: Path, size: int, vectors
                 "--output_dir", str(out_dir), "--seed", "0", "--dataloader_num_workers", "0",
                 "--mixed_precision", "no", "--save_steps", "100000", "--checkpointing_steps", "100000"]
     t0 = time.perf_counter()
-    exec(compile(source, str(script), "exec"), {"__name__": "__main__", "__file__": str(script)})  # noqa: S102 (the peer, as python runs it)
+    runpy.run_path(str(no_flip), run_name="__main__")  # in this process, so the step stamps above see it
     wall = time.perf_counter() - t0
     return {"run_s": wall, "step_times": stamps, "peak_rss_mb": _status_kb("VmHWM") / 1024}
 
