@@ -380,3 +380,74 @@ def build_tiny_flow(family: str, seed: int = 0) -> ModelSet:
             raise ValueError(f"unknown family {family!r}")
         vae = small_vae(seed + 2, channels=16)
     return ModelSet(family, model, clip, vae)
+
+
+# ---------------------------------------------------------------------------------------------
+# A real-architecture SD3 checkpoint file, for the server tests and the SD3 example workflow
+#
+# CheckpointLoaderSimple builds SD3's CLIP-L and CLIP-G from fixed configs (their full sizes, 818M
+# parameters together) and loads the file into them with strict=False: a key missing from the file
+# would leave that weight as torch.empty's garbage, with only a log line. So the file carries every key
+# of both encoders. The MMDiT is the smallest ComfyUI still detects as SD3 (depth 1: width 64, one
+# head); the VAE is SD3's own 16-channel KL architecture, which ComfyUI picks from its key shapes.
+
+SD3_CHECKPOINT_MMDIT = {
+    "in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 1, "input_size": None,
+    "adm_in_channels": 2048, "num_patches": 1024, "pos_embed_max_size": 32, "pos_embed_scaling_factor": None,
+    "x_block_self_attn_layers": [],
+    # SD3ClipModel pads the joined CLIP-L/G rows to T5's width, with or without a T5
+    "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 64}},
+}
+
+
+def fill_seeded_fast(module: torch.nn.Module, seed: int) -> None:
+    """fill_seeded's scales (without the cross-attention gain), drawn in place: fast enough for CLIP-G."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.dim() >= 2:
+                std = 0.014 if ("token_embedding" in name or "position_embedding" in name) else p[0].numel() ** -0.5
+                p.normal_(0.0, std, generator=gen)
+            elif name.endswith("weight") and ("norm" in name or "ln" in name):
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.01, generator=gen)
+
+
+def _sd3_vae(seed: int):
+    import comfy.sd
+
+    # the key shapes ComfyUI reads to pick SD3's VAE: 16 latent channels, x8 (ch_mult 1,2,4,4), no quant convs
+    probe = {"decoder.conv_in.weight": torch.zeros(512, 16, 3, 3),
+             "encoder.down.2.downsample.conv.weight": torch.zeros(512, 512, 3, 3),
+             "decoder.up.3.upsample.conv.weight": torch.zeros(512, 512, 3, 3)}
+    with _quiet_logging():
+        vae = comfy.sd.VAE(sd=probe, dtype=torch.float16)
+    fill_seeded_fast(vae.first_stage_model, seed)
+    return vae
+
+
+def write_sd3_checkpoint(path, seed: int = 0) -> None:
+    """Write a real-architecture SD3 checkpoint without T5 (full CLIP-L and CLIP-G, SD3's VAE, the smallest
+    MMDiT detected as SD3; random weights, fp16)."""
+    import_comfy()
+    import comfy.sd
+    import comfy.supported_models
+    import comfy.supported_models_base
+    import comfy.text_encoders.sd3_clip as sd3_clip
+    import comfy.utils
+
+    with torch.inference_mode():
+        config = comfy.supported_models.SD3(dict(SD3_CHECKPOINT_MMDIT))
+        config.set_inference_dtype(torch.float16, None)
+        base = config.get_model({})
+        _fill_flow(base.diffusion_model, seed)
+        target = comfy.supported_models_base.ClipTarget(
+            sd3_clip.SD3Tokenizer, sd3_clip.sd3_clip(clip_l=True, clip_g=True, t5=False))
+        with _quiet_logging():
+            clip = comfy.sd.CLIP(target=target, model_options={"dtype": torch.float16})
+        fill_seeded_fast(clip.cond_stage_model, seed + 1)
+        vae = _sd3_vae(seed + 2)
+        sd = base.state_dict_for_saving(clip.get_sd(), vae.get_sd(), None)
+        sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+        comfy.utils.save_torch_file(sd, str(path), metadata={"tokensmith.note": "random weights, for tests only"})
