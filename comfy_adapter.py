@@ -847,9 +847,16 @@ def _flow_model_family(base) -> str | None:
     return None
 
 
+def guidance_distilled(model) -> bool:
+    """Whether the model is sampled without CFG (Flux.1 dev and schnell are guidance-distilled): a negative
+    prompt has no effect there."""
+    return _flow_model_family(model.model) == "flux"
+
+
 def takes_guidance(model) -> bool:
     """Whether a Flux-type model has a guidance input (Flux.1 dev: guidance-distilled; schnell has none)."""
-    return bool(model.model.model_config.unet_config.get("guidance_embed", False))
+    config = getattr(model.model, "model_config", None)
+    return bool(getattr(config, "unet_config", {}).get("guidance_embed", False))
 
 
 def _other_encoders(clip) -> list[Encoder]:
@@ -1168,13 +1175,18 @@ def encode_images(vae, images: torch.Tensor) -> torch.Tensor:
 
 
 def sample_latents(model, clip, tokens: dict, negative_tokens: dict, seed: int, steps: int, cfg: float,
-                   height: int, width: int, batch: int = 1) -> torch.Tensor:
-    """Latents from ComfyUI's own sampler (euler, normal) for the given (slot-filled) prompt rows."""
+                   height: int, width: int, batch: int = 1, guidance: float | None = None) -> torch.Tensor:
+    """Latents from ComfyUI's own sampler (euler, normal) for the given (slot-filled) prompt rows.
+    `guidance`: Flux.1 dev's guidance value, set on the conditioning as core's FluxGuidance node does
+    (None: the model's default)."""
     import comfy.sample
 
     def conditioning(tok):
         if is_flow_model(model):  # the whole conditioning dict, as CLIPTextEncode gives it (Chroma needs pooled_output: None)
-            return [list(encode_conditioning(clip, tok))]
+            cond, extra = encode_conditioning(clip, tok)
+            if guidance is not None:
+                extra = {**extra, "guidance": guidance}
+            return [[cond, extra]]
         cond, pooled = encode_tokens(clip, tok)
         extra = {"pooled_output": pooled} if pooled is not None else {}
         return [[cond, extra]]
@@ -1192,9 +1204,9 @@ def sample_latents(model, clip, tokens: dict, negative_tokens: dict, seed: int, 
 
 
 def sample_preview(model, clip, vae, tokens: dict, negative_tokens: dict, seed: int, steps: int, cfg: float,
-                   height: int, width: int) -> torch.Tensor:
+                   height: int, width: int, guidance: float | None = None) -> torch.Tensor:
     """An IMAGE [1, H, W, 3] sampled with the given prompt rows and decoded by the VAE."""
-    samples = sample_latents(model, clip, tokens, negative_tokens, seed, steps, cfg, height, width)
+    samples = sample_latents(model, clip, tokens, negative_tokens, seed, steps, cfg, height, width, guidance=guidance)
     with torch.no_grad():
         return vae.decode(samples)
 

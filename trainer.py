@@ -189,8 +189,9 @@ class BatchLoss:
             noise = torch.randn(x0.shape, generator=gen)
         mask = None if bucket.masks is None else bucket.masks[positions].to(self.device)
         conditioning = adapter.encode_prompts(self.clip, token_sets)
+        guidance = self.cfg.guidance if adapter.takes_guidance(self.model) else None
         return adapter.flow_loss(self.model, x0, conditioning, adapter.flow_sigmas(self.model, u),
-                                 noise.reshape(x0.shape).to(self.device), mask=mask)
+                                 noise.reshape(x0.shape).to(self.device), guidance=guidance, mask=mask)
 
     def validation(self, params, batches: list[ValidationBatch]) -> float:
         """The mean loss over a fixed validation set, without gradients."""

@@ -11,7 +11,7 @@ from comfy_api.latest import io, ui
 from .. import comfy_adapter as adapter
 from .. import server_routes
 from ..tokensmith.history import TrainingHistory, draw_history
-from ..tokensmith.templates import ignored_captions_warning, template_lines
+from ..tokensmith.templates import ignored_captions_warning, negative_embedding_note, template_lines
 from ..tokensmith.train_config import TrainConfig
 from ..trainer import Trainer
 from .sockets import ADV, CATEGORY, Embedding, LossHistory
@@ -116,9 +116,10 @@ class _Progress:
 def _notes(trainer: Trainer, config: TrainConfig, run_id: str) -> list[str]:
     """What the node says before training: unused captions (a warning, also in the live view) and
     the buckets the pictures were sorted into (console and node)."""
-    warning = ignored_captions_warning(template_lines(config.template, config.custom_template), trainer.captions)
+    warnings = [ignored_captions_warning(template_lines(config.template, config.custom_template), trainer.captions),
+                negative_embedding_note(config.template, trainer.family)]
     notes = []
-    if warning:
+    for warning in filter(None, warnings):
         log.warning("TokenSmith %s: %s", config.name, warning)
         server_routes.publish(run_id, {"step": 0, "event": {"kind": "warning", "step": 0, "text": warning}})
         notes.append(warning)
@@ -283,7 +284,12 @@ class TrainEmbedding(io.ComfyNode):
                              tooltip="Training size: each picture is scaled to about N x N pixels at its own aspect "
                                      "ratio, into buckets whose sides are multiples of 64 (each batch comes from one "
                                      "bucket; masks follow). 0 = auto: pictures of one size train as they are, mixed "
-                                     "sizes at 512 (SD1), 768 (SD2) or 1024 (SDXL)."),
+                                     "sizes at 512 (SD1), 768 (SD2) or 1024 (SDXL, SD3, Flux.1, Chroma, Z-Image)."),
+                io.Float.Input("guidance", **ADV, optional=True, default=_DEFAULTS.guidance, min=0.0, max=100.0, step=0.1,
+                               tooltip="Flux.1 dev only: the guidance value the model sees while training and in "
+                                       "previews, as a FluxGuidance node sets it (the default is ComfyUI's, used "
+                                       "when a prompt has no FluxGuidance node). Train at the value you sample "
+                                       "with. Other models have no guidance input and ignore it."),
             ],
             outputs=[
                 Embedding.Output("embedding", tooltip="The trained vectors (already saved), for Save, Inspect or Merge."),

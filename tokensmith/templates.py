@@ -120,3 +120,20 @@ def ignored_captions_warning(lines: list[str], captions: list[str]) -> str:
     what = "caption is" if given == 1 else f"{given} captions are"
     return (f"the template has no [filewords], so the {what} not used in training: add [filewords] to the "
             "template lines (e.g. 'a photo of [name], [filewords]'), or choose the object or style preset")
+
+
+# Families sampled without CFG, where a negative prompt (and so a negative embedding) changes nothing
+_NO_NEGATIVE = {
+    "flux": "Flux.1 dev and schnell are guidance-distilled and sample at CFG 1, where the negative prompt is "
+            "not used: a negative embedding trained here has no effect on them",
+    "zimage": "Z-Image Turbo samples at CFG 1, where the negative prompt is not used: a negative embedding "
+              "works on the Z-Image base model (CFG above 1) only",
+}
+
+
+def negative_embedding_note(template: str, family: str) -> str:
+    """What to tell the user who trains a negative embedding for a family whose usual sampling ignores the
+    negative prompt ('' otherwise)."""
+    if template != "negative" or family not in _NO_NEGATIVE:
+        return ""
+    return _NO_NEGATIVE[family] + " (use it with a CFG above 1, or train an object or style embedding)"

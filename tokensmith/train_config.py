@@ -57,6 +57,9 @@ class TrainConfig:
     # pixels of each side of the target area (pictures keep their aspect ratio, in buckets of 64);
     # 0 = auto: one-size pictures as they are, mixed sizes at the family's (training_data.FAMILY_RESOLUTION)
     resolution: int = 0
+    # Flux.1 dev's guidance input while training and in previews (other models have no such input);
+    # ComfyUI's default, which a prompt sampled without a FluxGuidance node gets
+    guidance: float = 3.5
 
     def validate(self) -> TrainConfig:
         validate_name(self.name)
@@ -74,7 +77,7 @@ class TrainConfig:
             value = getattr(self, field_name)
             if value not in allowed:
                 raise TrainingError(f"{field_name} must be one of {list(allowed)}, got {value!r}")
-        for field_name in ("clip_value", "max_norm", "min_snr_gamma"):
+        for field_name in ("clip_value", "max_norm", "min_snr_gamma", "guidance"):
             value = getattr(self, field_name)
             if not math.isfinite(value) or value < 0:
                 raise TrainingError(f"{field_name} must be a finite number >= 0, got {value}")

@@ -8,7 +8,7 @@ masks follow their picture, latents are encoded and kept per picture (one VAE ba
 
 Auto (0): pictures of one size train at that size, exactly as given (a multiple of 8, or cropped to
 one with crop_to_multiple_of_8); pictures of different sizes are scaled to the family's resolution
-(FAMILY_RESOLUTION: 512 SD1, 768 SD2, 1024 SDXL). Given latents are never rescaled: latents of
+(FAMILY_RESOLUTION: 512 SD1, 768 SD2, 1024 SDXL and the flow-matching families). Given latents are never rescaled: latents of
 different sizes are grouped by size.
 
 Flow: TrainingData (checked inputs, cheap, before any model runs) -> .prepared(encode, ...) ->
@@ -30,7 +30,9 @@ from .templates import split_captions
 LATENT_SCALE = 8  # pixels per latent along each side (the VAE of every family trained here)
 BUCKET_STEP = 64  # bucket sides are multiples of this (the UNet halves a latent three times)
 MAX_ASPECT = 4.0  # the longest bucket side is at most this many times the shortest
-FAMILY_RESOLUTION = {"sd1": 512, "sd2": 768, "sdxl": 1024}
+# the size each family was trained at (the flow-matching ones: SD3, Flux.1, Chroma, Z-Image, Qwen-Image)
+FAMILY_RESOLUTION = {"sd1": 512, "sd2": 768, "sdxl": 1024, "sd3": 1024, "flux": 1024, "chroma": 1024,
+                     "zimage": 1024, "qwen_image": 1024}
 
 Size = tuple[int, int]  # (height, width) in pixels
 

@@ -11,6 +11,7 @@ from tokensmith.templates import (
     OBJECT_TEMPLATES,
     STYLE_TEMPLATES,
     ignored_captions_warning,
+    negative_embedding_note,
     render,
     shape_caption,
     split_captions,
@@ -92,3 +93,14 @@ def test_a_template_without_filewords_is_reported_when_captions_are_given():
     assert ignored_captions_warning(lines, []) == ""
     assert ignored_captions_warning(lines, ["", "  "]) == ""
     assert ignored_captions_warning(lines, split_captions("", 4)) == ""
+
+
+def test_negative_embedding_note_names_the_families_sampled_without_cfg():
+    flux = negative_embedding_note("negative", "flux")
+    assert "no effect" in flux and "Flux.1" in flux
+    assert "Turbo" in negative_embedding_note("negative", "zimage")
+    # families sampled with CFG, and other templates, get no note
+    for family in ("sd1", "sd2", "sdxl", "sd3", "chroma"):
+        assert negative_embedding_note("negative", family) == ""
+    for template in ("object", "style", "custom"):
+        assert negative_embedding_note(template, "flux") == ""

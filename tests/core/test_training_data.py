@@ -52,8 +52,9 @@ def test_each_picture_gets_the_bucket_nearest_its_aspect_ratio(size, expected):
 
 
 def test_auto_resolution_is_the_familys():
-    assert FAMILY_RESOLUTION == {"sd1": 512, "sd2": 768, "sdxl": 1024}
-    assert [target_resolution(0, f) for f in ("sd1", "sd2", "sdxl")] == [512, 768, 1024]
+    assert FAMILY_RESOLUTION == {"sd1": 512, "sd2": 768, "sdxl": 1024, "sd3": 1024, "flux": 1024,
+                                 "chroma": 1024, "zimage": 1024, "qwen_image": 1024}
+    assert [target_resolution(0, f) for f in ("sd1", "sd2", "sdxl", "flux")] == [512, 768, 1024, 1024]
     assert target_resolution(320, "sdxl") == 320
 
 
