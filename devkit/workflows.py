@@ -2,6 +2,7 @@
 that writes example_workflows/*.json (UI format) with real screenshots as .jpg thumbnails.
 
     python -m devkit.workflows build     # re-create example_workflows/ through the real front end
+    python -m devkit.workflows build "Train an SD3 embedding"   # only the examples named
 
 The definitions are API-format graphs plus a layout (positions, sizes, notes). The builder loads
 each into the real ComfyUI front end in headless Chromium (app.loadApiJson), lays it out, saves the
@@ -25,11 +26,14 @@ SD15_NAME = "v1-5-pruned-emaonly-fp16.safetensors"  # what most people have; the
 # Where a missing model comes from, in the form the front end's missing-models dialog reads from a
 # loader node's properties (as ComfyUI's own templates carry it).
 SDXL_NAME = "sd_xl_base_1.0.safetensors"  # as ComfyUI's own SDXL templates name and source it
+SD35M_NAME = "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors"  # SD3.5 medium with its CLIPs and T5, one file
 MODEL_SOURCES = {
     SD15_NAME: {"url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
                        f"{SD15_NAME}?download=true", "directory": "checkpoints"},
     SDXL_NAME: {"url": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/"
                        f"{SDXL_NAME}?download=true", "directory": "checkpoints"},
+    SD35M_NAME: {"url": "https://huggingface.co/Comfy-Org/stable-diffusion-3.5-fp8/resolve/main/"
+                        f"{SD35M_NAME}?download=true", "directory": "checkpoints"},
 }
 DEMO_FOLDER = "tokensmith_demo"
 NEGATIVE_FOLDER = "tokensmith_negative"
@@ -39,6 +43,7 @@ MERGE = "Inspect and merge embeddings"
 CONVERT = "Convert old pt embeddings"
 STYLE = "Train a style embedding"
 SDXL = "Train an SDXL embedding"
+SD3 = "Train an SD3 embedding"
 RESUME = "Resume a training run"
 MASKS = "Train with masks"
 COMPARE = "Compare snapshots by step"
@@ -66,13 +71,15 @@ def _train_inputs(name: str, template: str, init_text: str, steps: int, preview_
     }
 
 
-def _sampler(positive, negative, prefix: str, first_id: int, size: int = 512) -> dict:
+def _sampler(positive, negative, prefix: str, first_id: int, size: int = 512, latent: str = "EmptyLatentImage",
+             **sampling) -> dict:
     i = first_id
     return {
-        str(i): {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+        str(i): {"class_type": latent, "inputs": {"width": size, "height": size, "batch_size": 1}},
         str(i + 1): {"class_type": "KSampler", "inputs": {
             "model": ["1", 0], "positive": positive, "negative": negative, "latent_image": [str(i), 0],
-            "seed": 42, "steps": 20, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+            "seed": 42, "steps": 20, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
+            **sampling}},
         str(i + 2): {"class_type": "VAEDecode", "inputs": {"samples": [str(i + 1), 0], "vae": ["1", 2]}},
         str(i + 3): {"class_type": "SaveImage", "inputs": {"images": [str(i + 2), 0], "filename_prefix": prefix}},
     }
@@ -289,7 +296,38 @@ def _more_examples(ckpt: dict) -> list[Example]:
           "For your own pictures: paint masks in an editor and load them with a second *Load Image Dataset from "
           "Folder* and *Convert Image to Mask*, one mask per picture, in the same order and size."),
     )
-    return [style, sdxl, resume, masks, _compare_example(ckpt, dataset), _use_example(ckpt)]
+    return [style, sdxl, _sd3_example(dataset, loss, demo_files), resume, masks, _compare_example(ckpt, dataset),
+            _use_example(ckpt)]
+
+
+def _sd3_example(dataset: dict, loss: dict, demo_files: str) -> Example:
+    """A flow-matching family: SD3.5 medium, whose one file carries CLIP-L, CLIP-G and T5."""
+    api = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD35M_NAME}},
+        "2": dataset,
+        "3": {"class_type": "TokenSmithTrainEmbedding", "inputs": {**_train_inputs(
+            "tokensmith-ring-sd3", "object", "ring", 500, "a photo of [name] on a table", **_DEFAULT_RUN),
+            "images": ["21", 0]}},
+        "4": loss,
+        **_use_prompt(5, ["3", 1], "a photo of", "on a wooden table, sharp focus"),
+        # SD3's 16-channel latent, and the sampler settings of ComfyUI's own SD3.5 examples
+        **_sampler(["7", 0], ["8", 0], "tokensmith/sd3", 9, size=1024, latent="EmptySD3LatentImage",
+                   steps=28, cfg=4.5, scheduler="sgm_uniform"),
+        "20": {"class_type": "ResizeImagesByShorterEdge", "inputs": {"images": ["2", 0], "shorter_edge": 1024}},
+        "21": {"class_type": "CenterCropImages", "inputs": {"images": ["20", 0], "width": 1024, "height": 1024}},
+    }
+    columns = [(380, ["note", "1", "2", "20", "21"]), (470, ["3"]), (420, ["4", "5", "6"]), (360, ["7", "8", "9"]),
+               (340, ["10", "11", "12"])]
+    note = (
+        "## Train an SD3 embedding\n"
+        f"SD3.5 medium as one file, `{SD35M_NAME}` in `ComfyUI/models/checkpoints/` (the front end offers the "
+        "download from Comfy-Org's Hugging Face page), or any SD3 / SD3.5 checkpoint. "
+        f"{demo_files}\n\n"
+        "SD3 is a flow-matching model: the trainer uses the model's own sampling (its shift included). Every "
+        "text encoder the checkpoint carries is trained together, and the file holds one key per encoder "
+        "(`clip_l`, `clip_g`, and `t5xxl` when the checkpoint has T5). The sampler needs SD3's 16-channel "
+        "latent (*EmptySD3LatentImage*).")
+    return Example(SD3, api, columns, note)
 
 
 def _use_example(ckpt: dict) -> Example:
@@ -530,8 +568,9 @@ def add_model_sources(ui_graph: dict) -> dict:
     return ui_graph
 
 
-def build(out_dir: Path = EXAMPLES_DIR) -> list[Path]:
-    """Write every example's UI-format JSON and a .jpg screenshot of it (needs chromium)."""
+def build(out_dir: Path = EXAMPLES_DIR, only=None) -> list[Path]:
+    """Write every example's (or only the named ones') UI-format JSON and a .jpg screenshot of it (needs
+    chromium)."""
     import tempfile
 
     from .server import ComfyServer
@@ -543,6 +582,8 @@ def build(out_dir: Path = EXAMPLES_DIR) -> list[Path]:
         with ComfyServer(Path(tmp)) as server, open_browser() as browser:
             page = new_comfy_page(browser, server.url, viewport=(1600, 1000))
             for ex in examples():
+                if only and ex.name not in only:
+                    continue
                 ui_graph = page.evaluate(BUILD_JS, [ex.api, ex.columns, ex.note, ex.name, ex.titles])
                 ui_graph.setdefault("extra", {})["tokensmith"] = {"example": ex.name}
                 add_model_sources(ui_graph)
@@ -692,7 +733,11 @@ def close_dialogs(page) -> None:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["build"]:
-        for path in build():
+        unknown = set(argv[1:]) - {ex.name for ex in examples()}
+        if unknown:
+            print(f"no example named {sorted(unknown)}")
+            return 2
+        for path in build(only=set(argv[1:])):
             print(f"wrote {path.relative_to(REPO_ROOT)}")
         return 0
     print(__doc__)

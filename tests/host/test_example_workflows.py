@@ -25,9 +25,9 @@ def object_info(comfy_base):
 
     from devkit.comfy_host import run_coroutine
 
-    # core's dataset, string, image and mask nodes live in comfy_extras, which the in-process host does not load
+    # core's dataset, string, image, mask and SD3 latent nodes live in comfy_extras, which the in-process host does not load
     extras = os.path.join(os.path.dirname(os.path.realpath(nodes.__file__)), "comfy_extras")
-    for module in ("nodes_dataset.py", "nodes_string.py", "nodes_images.py", "nodes_mask.py"):
+    for module in ("nodes_dataset.py", "nodes_string.py", "nodes_images.py", "nodes_mask.py", "nodes_sd3.py"):
         assert run_coroutine(nodes.load_custom_node(os.path.join(extras, module), module_parent="comfy_extras"))
     return {name: node_info(cls) for name, cls in nodes.NODE_CLASS_MAPPINGS.items()}
 
