@@ -68,12 +68,14 @@ def artifacts():
 def browser_server(tmp_path_factory):
     from devkit.dataset import write_dataset
     from devkit.demo import pick_threads, write_negative_dataset
-    from devkit.make_checkpoint import CHECKPOINT_NAME, ensure_checkpoint
+    from devkit.make_checkpoint import CHECKPOINT_NAME, SD3_CHECKPOINT_NAME, ensure_checkpoint, ensure_sd3_checkpoint
     from devkit.server import ComfyServer
 
     base = tmp_path_factory.mktemp("browser_base")
     (base / "models" / "checkpoints").mkdir(parents=True)
     os.symlink(ensure_checkpoint(), base / "models" / "checkpoints" / CHECKPOINT_NAME)
+    # the SD3 example runs on the SD3-architecture one (CLIP-L + CLIP-G, no T5)
+    os.symlink(ensure_sd3_checkpoint(), base / "models" / "checkpoints" / SD3_CHECKPOINT_NAME)
     write_dataset(base / "input" / DEMO_FOLDER, count=3, size=64)
     write_negative_dataset(base / "input" / NEGATIVE_FOLDER, count=3, size=64)
     (base / "models" / "embeddings").mkdir(parents=True)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from devkit.make_checkpoint import CHECKPOINT_NAME
+from devkit.make_checkpoint import CHECKPOINT_NAME, SD3_CHECKPOINT_NAME
 from devkit.workflows import (
     COMPARE,
     CONVERT,
@@ -20,6 +20,7 @@ from devkit.workflows import (
     NEGATIVE,
     RECORD_EVENTS,
     RESUME,
+    SD3,
     SDXL,
     STYLE,
     TRAIN,
@@ -149,7 +150,7 @@ def test_extensions_load_without_errors(page, browser_server):
     assert sorted(templates.get("TokenSmith", [])) == sorted(ex.name for ex in examples())
 
 
-@pytest.mark.parametrize("name", [TRAIN, NEGATIVE, MERGE, CONVERT, STYLE, SDXL, RESUME, MASKS, COMPARE,
+@pytest.mark.parametrize("name", [TRAIN, NEGATIVE, MERGE, CONVERT, STYLE, SDXL, SD3, RESUME, MASKS, COMPARE,
                                   USE])
 def test_example_opens_from_the_template_browser(page, browser_server, artifacts, name):
     open_template(page, name)
@@ -343,6 +344,27 @@ def test_new_examples_run(page, training_run, browser_server):
 
     with safe_open(str(folder / f"{RING}.safetensors"), "pt") as f:  # resumed from step 8, not retrained
         assert f.metadata()["step"] == str(TRAIN_STEPS + 2)
+
+
+def test_sd3_example_runs(page, browser_server):
+    """The SD3 example as it opens, on the SD3-architecture checkpoint (its CLIP-L and CLIP-G, no T5) with
+    only sizes and step counts made small: it trains, saves both CLIPs' vectors and samples."""
+    from safetensors import safe_open
+
+    open_template(page, SD3)
+    set_widgets(page, {**SMALL, "TokenSmithTrainEmbedding": QUICK_TRAIN,
+                       "CheckpointLoaderSimple": {"ckpt_name": SD3_CHECKPOINT_NAME},
+                       "EmptySD3LatentImage": {"width": 64, "height": 64},
+                       "ResizeImagesByShorterEdge": {"shorter_edge": 64},
+                       "CenterCropImages": {"width": 64, "height": 64}})
+    event = queue_and_wait(page, 900)
+    assert event["type"] == "execution_success", (SD3, event["detail"].get("exception_message"))
+    entry = browser_server.get(f"/history/{event['detail']['prompt_id']}")[event["detail"]["prompt_id"]]
+    assert any(out.get("images") for out in entry["outputs"].values())
+    saved = browser_server.base / "models" / "embeddings" / "tokensmith-ring-sd3.safetensors"
+    with safe_open(str(saved), "pt") as f:
+        assert {"clip_l", "clip_g"} <= set(f.keys()), sorted(f.keys())
+    assert "embedding:tokensmith-ring-sd3 does not exist" not in browser_server.log_tail(400_000)
 
 
 def prompt_textarea(page):
