@@ -466,7 +466,8 @@ class Trainer:
         if cfg.preview_every:
             end = min(end, (run.step // cfg.preview_every + 1) * cfg.preview_every)
         adapter.load_for_training(self.model, self.clip)
-        checkpointing = adapter.checkpointed_unet(self.model) if cfg.gradient_checkpointing else contextlib.nullcontext()
+        checkpointing = adapter.checkpointed_unet(self.model, self.clip) if cfg.gradient_checkpointing \
+            else contextlib.nullcontext()
         with torch.inference_mode(False), adapter.training_graph(self.model, self.clip), checkpointing:
             while run.step < end and not run.stopped_early:
                 self._step(s, run)

@@ -234,9 +234,10 @@ class TrainEmbedding(io.ComfyNode):
                                        "(with loss scaling) on older ones, fp32 on a CPU. The vectors always stay "
                                        "fp32."),
                 io.Boolean.Input("gradient_checkpointing", **ADV, optional=True, default=False,
-                                 tooltip="Recompute each UNet block in the backward pass instead of keeping its "
-                                         "activations: far less memory per step, at about half the speed. Turn on "
-                                         "when training runs out of memory."),
+                                 tooltip="Recompute each UNet or DiT block (and each T5 / LLM text-encoder layer) "
+                                         "in the backward pass instead of keeping its activations: far less memory "
+                                         "per step, at about half the speed. Turn on when training runs out of "
+                                         "memory."),
                 io.Combo.Input("latent_sampling", **ADV, optional=True, options=["deterministic", "once", "random"],
                                default="deterministic",
                                tooltip="Which latent of each picture is trained on. deterministic: the VAE's mean; "
