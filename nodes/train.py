@@ -284,7 +284,8 @@ class TrainEmbedding(io.ComfyNode):
                 io.Int.Input("resolution", **ADV, optional=True, default=_DEFAULTS.resolution, min=0, max=4096, step=64,
                              tooltip="Training size: each picture is scaled to about N x N pixels at its own aspect "
                                      "ratio, into buckets whose sides are multiples of 64 (each batch comes from one "
-                                     "bucket; masks follow). 0 = auto: pictures of one size train as they are, mixed "
+                                     "bucket; masks follow). 0 = auto: pictures of one size train as they are (unless "
+                                     "far larger than the model's size, as phone photos are), mixed "
                                      "sizes at 512 (SD1), 768 (SD2) or 1024 (SDXL, SD3, Flux.1, Chroma, Z-Image)."),
                 io.Float.Input("guidance", **ADV, optional=True, default=_DEFAULTS.guidance, min=0.0, max=100.0, step=0.1,
                                tooltip="Flux.1 dev only: the guidance value the model sees while training and in "

@@ -7,9 +7,10 @@ to it; a picture already at its bucket's size is left as it is. Batches are draw
 masks follow their picture, latents are encoded and kept per picture (one VAE batch per bucket).
 
 Auto (0): pictures of one size train at that size, exactly as given (a multiple of 8, or cropped to
-one with crop_to_multiple_of_8); pictures of different sizes are scaled to the family's resolution
-(FAMILY_RESOLUTION: 512 SD1, 768 SD2, 1024 SDXL and the flow-matching families). Given latents are never rescaled: latents of
-different sizes are grouped by size.
+one with crop_to_multiple_of_8), unless they are far larger than the family's size (OVERSIZE: phone
+photos); those, and pictures of different sizes, are scaled to the family's resolution
+(FAMILY_RESOLUTION: 512 SD1, 768 SD2, 1024 SDXL and the flow-matching families). Given latents are
+never rescaled: latents of different sizes are grouped by size.
 
 Flow: TrainingData (checked inputs, cheap, before any model runs) -> .prepared(encode, ...) ->
 TrainingSet (latents per bucket, captions, the run's batches) for one run; the inputs stay as given.
@@ -38,6 +39,17 @@ Size = tuple[int, int]  # (height, width) in pixels
 
 
 # ---------------------------------------------------------------- buckets
+
+
+# In auto mode, one-size pictures larger than this many times the family's side (by area) are not
+# trained as given (phone photos would train, and preview, at full size) but scaled into buckets
+OVERSIZE = 1.5
+
+
+def oversized(size: Size, family: str) -> bool:
+    """Whether one-size pictures of this size are too large to train as given (auto resolution)."""
+    side = target_resolution(0, family) * OVERSIZE
+    return size[0] * size[1] > side * side
 
 
 def target_resolution(resolution: int, family: str) -> int:
@@ -239,7 +251,7 @@ class TrainingData:
                     crop_to_multiple_of_8: bool) -> TrainingData:
         pictures = check_pictures(images)
         sizes = [(int(p.shape[0]), int(p.shape[1])) for p in pictures]
-        if resolution == 0 and len(set(sizes)) == 1:
+        if resolution == 0 and len(set(sizes)) == 1 and not oversized(sizes[0], family):
             batch = images if torch.is_tensor(images) else torch.stack(pictures)
             batch, masks = crop_to_8(batch, masks, crop_to_multiple_of_8)
             size = (int(batch.shape[1]), int(batch.shape[2]))

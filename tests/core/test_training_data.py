@@ -76,6 +76,20 @@ def test_one_size_pictures_are_kept_as_given():
                                  crop_to_multiple_of_8=False)
 
 
+def test_one_size_photos_far_above_the_family_size_are_scaled_to_it():
+    # phone photos of one size (here 4:3 at 1.6x SD1's side by area) are not trained, and previewed, at full size
+    batch = torch.rand(2, 816, 1088, 3)
+    data = TrainingData.from_images(batch, None, "", resolution=0, family="sd1", crop_to_multiple_of_8=False)
+    assert data.batch is None and data.pixel_size == bucket_for((816, 1088), 512)
+    assert "2 of 2 pictures scaled" in data.report()
+    # the same pictures are the right size for SDXL, and just under the limit for SD1 they stay as given
+    assert TrainingData.from_images(batch, None, "", resolution=0, family="sdxl",
+                                    crop_to_multiple_of_8=False).batch is batch
+    under = torch.rand(1, 576, 768, 3)
+    assert TrainingData.from_images(under, None, "", resolution=0, family="sd1",
+                                    crop_to_multiple_of_8=False).batch is under
+
+
 def mixed(resolution=192):
     pics = [picture(150, 100, 1), picture(120, 200, 2), picture(90, 90, 3), picture(133, 77, 4), picture(100, 100, 5)]
     masks = [torch.ones(p.shape[:2]) for p in pics]
