@@ -8,7 +8,19 @@ import torch
 
 from tokensmith.embedding import MAX_VECTORS, Embedding
 from tokensmith.errors import FamilyMismatchError, TokenSmithError
-from tokensmith.merge import collapse, concat, crop_or_pad, match_norm, mean, roll, scale, slerp, weighted_sum
+from tokensmith.merge import (
+    check_same_family,
+    collapse,
+    concat,
+    crop_or_pad,
+    match_norm,
+    mean,
+    roll,
+    scale,
+    scale_rows,
+    slerp,
+    weighted_sum,
+)
 
 
 def emb(n=2, value=1.0, name=""):
@@ -92,3 +104,40 @@ def test_slerp_of_nearly_opposite_and_tiny_rows():
     mid = slerp(Embedding({"clip_l": a}), Embedding({"clip_l": b}), 0.5).vectors["clip_l"]
     # a quarter circle: the midpoint keeps the norm (a lerp would shrink it by 1/sqrt(2))
     assert mid.norm().item() == pytest.approx(1e-3, rel=1e-4)
+
+
+def test_nothing_to_merge_is_refused_in_words():
+    assert _message(concat, []) == "nothing to merge: give at least one embedding"
+    assert _message(weighted_sum, [], []) == "nothing to merge: give at least one embedding"
+
+
+def _sdxl(name=""):
+    return Embedding({"clip_l": torch.ones(1, 768), "clip_g": torch.ones(1, 1280)}, name=name)
+
+
+def test_family_mismatch_names_both_embeddings_by_place_and_name():
+    tail = "use embeddings made for the same model family (convert one first if needed)"
+    # the third operand is the odd one: its place and name, not the second's, are in the message
+    assert _message(concat, [emb(2), emb(1, name="b"), _sdxl("x")]) == (
+        "cannot combine embedding 1 (unnamed) and embedding 3 (x) of different families: "
+        f"clip_l[2x768] vs clip_l[1x768] + clip_g[1x1280]; {tail}")
+    assert _message(mean, [emb(1, name="a"), _sdxl()]) == (
+        "cannot combine embedding 1 (a) and embedding 2 (unnamed) of different families: "
+        f"clip_l[1x768] vs clip_l[1x768] + clip_g[1x1280]; {tail}")
+
+
+def test_row_helpers_refuse_in_words():
+    tail = "use embeddings made for the same model family (convert one first if needed)"
+    narrow, wide = {"clip_l": torch.ones(1, 768)}, {"clip_l": torch.ones(2, 1024)}
+    with pytest.raises(FamilyMismatchError) as info:
+        check_same_family(narrow, wide)
+    assert str(info.value) == f"cannot combine operands of different families: clip_l[1x768] vs clip_l[2x1024]; {tail}"
+    # scale_rows is reached by the expression evaluator, which names sides by key
+    assert _message(scale_rows, {"clip_l": torch.ones(1, 4), "t5xxl": torch.ones(1, 8)}, 2.0, "clip_g") == (
+        "cannot scale only 'clip_g': this embedding has clip_l, t5xxl; "
+        "one-sided scaling needs an embedding with that encoder (e.g. SDXL for clip_l/clip_g)")
+
+
+def test_scale_factor_is_named():
+    assert _message(scale, emb(), float("nan")) == "scale factor must be a finite number, got nan"
+    assert _message(scale, emb(), "twice") == "scale factor must be a number, got 'twice'"
