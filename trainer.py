@@ -254,6 +254,7 @@ class Trainer:
             self.data = TrainingData.from_images(images, masks, captions, resolution=self.cfg.resolution,
                                                  family=adapter.model_family(model),
                                                  crop_to_multiple_of_8=self.cfg.crop_to_multiple_of_8)
+        self.data.held_out(self.cfg.validation_split, 0)  # enough pictures to hold some out, checked early
         self.templates = template_lines(self.cfg.template, self.cfg.custom_template)
         self.schedule = check_schedule(self.cfg)
         self.family = check_family(model, clip)
@@ -312,7 +313,8 @@ class Trainer:
             return adapter.encode_distribution(self.vae, pixels, spread=spread)
 
         return self.data.prepared(None if self.data.latent_input else encode, flip=cfg.flip,
-                                  spread=cfg.latent_sampling != "deterministic", sample_once=once)
+                                  spread=cfg.latent_sampling != "deterministic", sample_once=once,
+                                  held_out=self.data.held_out(cfg.validation_split, _step_seed(cfg.seed, 0, 4)))
 
     def _autocast(self):
         precision = self.cfg.precision

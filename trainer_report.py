@@ -66,10 +66,10 @@ class Previewer:
         with torch.inference_mode():
             vectors = {k: v.detach().clone() for k, v in params.items()}
             tokens = adapter.fill_slots(self.rows.tokens(self.cfg.preview_prompt), vectors, self.encoders)
-            negative = self.rows.tokens("")
+            negative = self.rows.tokens(self.cfg.preview_negative)
             h, w = self.size
             # guidance-distilled models (Flux.1) sample at CFG 1, dev with its guidance input, as their workflows do
-            cfg = 1.0 if adapter.guidance_distilled(self.model) else PREVIEW_CFG
+            cfg = self.cfg.preview_cfg or (1.0 if adapter.guidance_distilled(self.model) else PREVIEW_CFG)
             guidance = self.cfg.guidance if adapter.takes_guidance(self.model) else None
             return adapter.sample_preview(self.model, self.clip, self.vae, tokens, negative, self.cfg.preview_seed,
                                           self.cfg.preview_steps, cfg, h, w, guidance=guidance)

@@ -292,6 +292,25 @@ class TrainEmbedding(io.ComfyNode):
                                        "previews, as a FluxGuidance node sets it (the default is ComfyUI's, used "
                                        "when a prompt has no FluxGuidance node). Train at the value you sample "
                                        "with. Other models have no guidance input and ignore it."),
+                # (inputs added later go last: saved workflows keep widget values by position)
+                io.Int.Input("validation_samples", **ADV, optional=True, default=_DEFAULTS.validation_samples, min=1,
+                             max=256,
+                             tooltip="Samples in each validation (pictures in turn, each at its own fixed noise "
+                                     "level): more gives a steadier validation loss, at more cost per check."),
+                io.Float.Input("validation_split", **ADV, optional=True, default=_DEFAULTS.validation_split, min=0.0,
+                               max=0.5, step=0.05,
+                               tooltip="Share of the pictures kept out of training and validated on (0 = validate "
+                                       "on the training pictures). A held-out loss that rises while the training "
+                                       "loss falls shows over-fitting. Needs validate_every above 0."),
+                io.Int.Input("preview_steps", **ADV, optional=True, default=_DEFAULTS.preview_steps, min=1, max=200,
+                             tooltip="Sampler steps of each preview picture (euler): more is closer to your real "
+                                     "sampling, fewer is quicker."),
+                io.Float.Input("preview_cfg", **ADV, optional=True, default=_DEFAULTS.preview_cfg, min=0.0, max=30.0,
+                               step=0.1,
+                               tooltip="CFG of the preview pictures; 0 = the model's usual (6, or 1 for Flux.1, "
+                                       "which is guidance-distilled)."),
+                io.String.Input("preview_negative", **ADV, optional=True, default=_DEFAULTS.preview_negative,
+                                tooltip="Negative prompt of the preview pictures (empty = none)."),
             ],
             outputs=[
                 Embedding.Output("embedding", tooltip="The trained vectors (already saved), for Save, Inspect or Merge."),

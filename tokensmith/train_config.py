@@ -47,12 +47,15 @@ class TrainConfig:
     min_snr_gamma: float = 0.0  # 0 = off
     validate_every: int = 25
     validation_samples: int = 8
+    validation_split: float = 0.0  # share of the pictures kept out of training to validate on; 0 = none
     early_stop_patience: int = 0  # validations without improvement before stopping; 0 = never stop early
     save_every: int = 0
     preview_every: int = 0
     preview_prompt: str = "a photo of [name]"
     preview_seed: int = 0
     preview_steps: int = 12
+    preview_cfg: float = 0.0  # 0 = the family's usual: 6, or 1 for the guidance-distilled Flux.1
+    preview_negative: str = ""
     crop_to_multiple_of_8: bool = False
     # pixels of each side of the target area (pictures keep their aspect ratio, in buckets of 64);
     # 0 = auto: one-size pictures as they are, mixed sizes at the family's (training_data.FAMILY_RESOLUTION)
@@ -77,7 +80,7 @@ class TrainConfig:
             value = getattr(self, field_name)
             if value not in allowed:
                 raise TrainingError(f"{field_name} must be one of {list(allowed)}, got {value!r}")
-        for field_name in ("clip_value", "max_norm", "min_snr_gamma", "guidance"):
+        for field_name in ("clip_value", "max_norm", "min_snr_gamma", "guidance", "preview_cfg"):
             value = getattr(self, field_name)
             if not math.isfinite(value) or value < 0:
                 raise TrainingError(f"{field_name} must be a finite number >= 0, got {value}")
@@ -87,9 +90,19 @@ class TrainConfig:
             raise TrainingError("early stopping needs validation: set validate_every above 0")
         if self.resolution != 0 and not 64 <= self.resolution <= 4096:
             raise TrainingError(f"resolution must be 0 (auto) or 64..4096 pixels, got {self.resolution}")
+        self._validate_checks_and_previews()
+        return self
+
+    def _validate_checks_and_previews(self) -> None:
+        if not 1 <= self.preview_steps <= 200:
+            raise TrainingError(f"preview_steps must be 1..200, got {self.preview_steps}")
         if not 1 <= self.validation_samples <= 256:
             raise TrainingError("validation_samples must be 1..256")
-        return self
+        if not 0.0 <= self.validation_split <= 0.5:
+            raise TrainingError(f"validation_split must be 0..0.5 (a share of the pictures), got {self.validation_split}")
+        if self.validation_split and not self.validate_every:
+            raise TrainingError("validation_split keeps pictures out of training for validation: set validate_every "
+                                "above 0, or validation_split to 0")
 
     def schedule_shape(self) -> str:
         """The schedule shape to parse learning_rate with ('auto' resolved from the text)."""

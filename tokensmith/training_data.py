@@ -321,10 +321,23 @@ class TrainingData:
             out.append(mask.flip(1) if n >= self.count else mask)
         return torch.stack(out)
 
+    def held_out(self, split: float, seed: int) -> list[int]:
+        """The pictures kept out of training for validation: round(split x count) of them (at least one
+        when split > 0, never all), chosen by the seed."""
+        if split <= 0:
+            return []
+        if self.count < 2:
+            raise TrainingError(f"validation_split needs at least 2 pictures (got {self.count}): one to train "
+                                "on and one to validate on; set validation_split to 0")
+        count = min(self.count - 1, max(1, round(split * self.count)))
+        order = torch.randperm(self.count, generator=torch.Generator().manual_seed(seed)).tolist()
+        return sorted(order[:count])
+
     def prepared(self, encode: Encode | None, *, flip: bool, spread: bool,
-                 sample_once: torch.Generator | None = None) -> TrainingSet:
+                 sample_once: torch.Generator | None = None, held_out: list[int] | None = None) -> TrainingSet:
         """The run's data: latents once per picture (and its mirror image with flip), per bucket;
-        with sample_once, one latent drawn from each picture's distribution."""
+        with sample_once, one latent drawn from each picture's distribution; held_out pictures (and
+        their mirror images) only for validation."""
         sizes = self.sizes * 2 if flip else list(self.sizes)
         order = [size for size, _ in self.buckets()]
         buckets = [Bucket(size, [n for n, s in enumerate(sizes) if s == size]) for size in order]
@@ -342,21 +355,27 @@ class TrainingData:
                 if masks is not None:
                     m = masks.clone().float().unsqueeze(1)
                     bucket.masks = torch.nn.functional.interpolate(m, size=mean.shape[-2:], mode="area")
-        return TrainingSet(buckets, self.captions * 2 if flip else list(self.captions))
+        held = [n + k * self.count for n in (held_out or []) for k in range(2 if flip else 1)]
+        return TrainingSet(buckets, self.captions * 2 if flip else list(self.captions), held_out=held)
 
 
 class TrainingSet:
     """One run's data: the buckets with their latents, the captions per picture, and the batches
-    drawn from them (always within one bucket)."""
+    drawn from them (always within one bucket). Pictures in held_out are never drawn for training;
+    when there are any, the validation set is made of them alone."""
 
-    def __init__(self, buckets: list[Bucket], captions: list[str]):
+    def __init__(self, buckets: list[Bucket], captions: list[str], held_out: list[int] | None = None):
         self.buckets, self.captions = buckets, captions
         self.count = sum(len(b.pictures) for b in buckets)
         self._bucket_of = {n: b for b in buckets for n in b.pictures}
+        self.held_out = sorted(held_out or [])
+        self._training = [n for b in buckets for n in b.pictures if n not in set(self.held_out)]
 
     def draw(self, gen: torch.Generator, batch_size: int) -> tuple[Bucket, torch.Tensor, list[int]]:
         """A batch: its bucket, the positions in it and the picture numbers. One bucket: batch_size
         pictures drawn at random; several: a picture at random, then the batch from its bucket."""
+        if self.held_out:
+            return self._draw_training(gen, batch_size)
         if len(self.buckets) == 1:
             positions = torch.randint(0, self.count, (batch_size,), generator=gen)
             bucket = self.buckets[0]
@@ -365,11 +384,22 @@ class TrainingSet:
             positions = torch.randint(0, len(bucket.pictures), (batch_size,), generator=gen)
         return bucket, positions, [bucket.pictures[int(p)] for p in positions]
 
+    def _draw_training(self, gen: torch.Generator, batch_size: int) -> tuple[Bucket, torch.Tensor, list[int]]:
+        # as draw, from the pictures that are not held out
+        first = self._training[int(torch.randint(0, len(self._training), (1,), generator=gen))]
+        bucket = self._bucket_of[first]
+        pool = [n for n in bucket.pictures if n in set(self._training)]
+        numbers = [pool[int(i)] for i in torch.randint(0, len(pool), (batch_size,), generator=gen)]
+        positions = torch.tensor([bucket.pictures.index(n) for n in numbers], dtype=torch.long)
+        return bucket, positions, numbers
+
     def validation_batches(self, count: int, batch_size: int, gen: torch.Generator,
                            prompt: Callable[[int], str]) -> list[ValidationBatch]:
-        """A fixed validation set: `count` items over the pictures in turn, noise levels spread evenly,
-        noise drawn once; in batches of at most batch_size within each bucket."""
-        pictures = [i % self.count for i in range(count)]
+        """A fixed validation set: `count` items over the pictures in turn (the held-out ones when
+        there are some), noise levels spread evenly, noise drawn once; in batches of at most
+        batch_size within each bucket."""
+        chosen = self.held_out or list(range(self.count))
+        pictures = [chosen[i % len(chosen)] for i in range(count)]
         prompts = [prompt(n) for n in pictures]
         u = (torch.arange(count, dtype=torch.float32) + 0.5) / count  # spread evenly over the noise levels
         out = []

@@ -81,3 +81,16 @@ def test_history_round_trip_and_graph():
     assert 0.0 <= image.min() and image.max() <= 1.0
     assert (image < 0.99).any(), "nothing was drawn"
     assert smooth([1.0, float("nan"), 3.0], 0.5) == [1.0, 1.0, 2.0]
+
+
+def test_validation_split_and_preview_settings_are_checked():
+    assert TrainConfig(validation_split=0.25).validate().validation_split == 0.25
+    for bad in (-0.1, 0.6):
+        with pytest.raises(TrainingError, match="validation_split must be"):
+            TrainConfig(validation_split=bad).validate()
+    with pytest.raises(TrainingError, match="set validate_every"):
+        TrainConfig(validation_split=0.2, validate_every=0).validate()
+    with pytest.raises(TrainingError, match="preview_steps must be"):
+        TrainConfig(preview_steps=0).validate()
+    with pytest.raises(TrainingError, match="preview_cfg must be"):
+        TrainConfig(preview_cfg=float("nan")).validate()

@@ -195,3 +195,43 @@ def test_resolution_is_auto_or_a_real_size():
     for bad in (32, -64, 5000):
         with pytest.raises(TrainingError, match="resolution must be 0"):
             TrainConfig(resolution=bad).validate()
+
+
+def test_held_out_pictures_are_a_seeded_share_never_all():
+    data = TrainingData.from_images(torch.rand(10, 64, 64, 3), None, "", resolution=0, family="sd1",
+                                    crop_to_multiple_of_8=False)
+    assert data.held_out(0.0, 1) == []
+    assert len(data.held_out(0.2, 1)) == 2 and len(data.held_out(0.01, 1)) == 1
+    assert data.held_out(0.2, 1) == data.held_out(0.2, 1)
+    assert {tuple(data.held_out(0.2, s)) for s in range(6)} != {tuple(data.held_out(0.2, 1))}, "the seed decides"
+    two = TrainingData.from_images(torch.rand(2, 64, 64, 3), None, "", resolution=0, family="sd1",
+                                   crop_to_multiple_of_8=False)
+    assert len(two.held_out(0.5, 0)) == 1  # one is always left to train on
+    one = TrainingData.from_images(torch.rand(1, 64, 64, 3), None, "", resolution=0, family="sd1",
+                                   crop_to_multiple_of_8=False)
+    with pytest.raises(TrainingError, match="at least 2 pictures"):
+        one.held_out(0.2, 0)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("kind", ["one size", "mixed"])
+def test_held_out_pictures_are_never_trained_on_and_are_all_validation_sees(kind, flip):
+    if kind == "mixed":
+        _, _, data = mixed()
+    else:
+        data = TrainingData.from_images(torch.rand(5, 64, 64, 3), None, "", resolution=0, family="sd1",
+                                        crop_to_multiple_of_8=False)
+    held = data.held_out(0.4, 3)
+    run = data.prepared(fake_encode, flip=flip, spread=False, held_out=held)
+    held_run = set(held) | ({n + data.count for n in held} if flip else set())
+    assert set(run.held_out) == held_run
+    drawn = set()
+    for step in range(60):
+        bucket, positions, pictures = run.draw(torch.Generator().manual_seed(step), 2)
+        assert [bucket.pictures[int(p)] for p in positions] == pictures
+        drawn.update(pictures)
+    assert not drawn & held_run, "a held-out picture was drawn for training"
+    assert drawn == set(range(run.count)) - held_run, "every other picture is trained on"
+    batches = run.validation_batches(8, 4, torch.Generator().manual_seed(0), lambda n: f"p{n}")
+    validated = {b.bucket.pictures[int(p)] for b in batches for p in b.positions}
+    assert validated == held_run and sum(len(b.positions) for b in batches) == 8
