@@ -84,6 +84,31 @@ EQUIVALENT: dict[str, str] = {
         "cosine warmup 'step <= warmup_steps' -> '<': at step == warmup_steps the ramp gives peak * w / w and "
         "the curve gives floor + (peak - floor) * 0.5 * (1 + cos(0)); both are the peak (they can differ in "
         "the last bit of the float, which no caller can tell)",
+    "tokensmith.merge.x__slerp_rows__mutmut_51":
+        "'sin.abs() < _PARALLEL_EPS' -> '<=': slerp works in fp32 (float_vectors), where the sines acos can "
+        "give next to 0 are 0, |sin(fp32 pi)| (about 8.7e-8) and then those of the cosines one step from +-1 "
+        "(about 3.5e-4): no row has |sin| equal to fp32(1e-6)",
+    "tokensmith.merge.x_collapse__mutmut_6":
+        "keepdim dropped from the sum: the one vector comes out 1-D, and Embedding() makes a 1-D tensor one "
+        "row, so the result is the same [1, d] embedding",
+    "tokensmith.merge.x_collapse__mutmut_8": "keepdim=True -> False: as _6",
+    "tokensmith.merge.x_concat__mutmut_12": "torch.cat's dim=0 dropped: 0 is torch.cat's default",
+    "tokensmith.merge.x_concat_rows__mutmut_8": "torch.cat's dim=0 dropped: 0 is torch.cat's default",
+    "tokensmith.merge.x_pad_rows__mutmut_19": "torch.cat's dim=0 dropped: 0 is torch.cat's default",
+    "tokensmith.merge.x_pad_rows__mutmut_3":
+        "'t.shape[0] >= n' -> '>': at t.shape[0] == n the other branch appends zero rows of zero count, a new "
+        "tensor with the same values and dtype as the clone",
+    "tokensmith.merge.x_roll_rows__mutmut_2":
+        "the zero-row guard made always true: torch.roll of a [0, d] tensor is a new [0, d] tensor, as the "
+        "clone (the guard only spares the call)",
+    "tokensmith.merge.x_roll_rows__mutmut_11":
+        "guard on t.shape[1] instead of [0]: rolls or clones differ only for empty tensors, where both give "
+        "the same empty tensor (as _2)",
+    "tokensmith.merge.x_weighted_sum__mutmut_27":
+        "zip(strict=True) -> strict=None: rows and weights always have the same length (checked at the "
+        "top, ws built one per weight), so strictness never fires",
+    "tokensmith.merge.x_weighted_sum__mutmut_30": "zip's strict dropped: as _27",
+    "tokensmith.merge.x_weighted_sum__mutmut_31": "zip(strict=False): as _27",
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}
