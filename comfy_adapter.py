@@ -1306,6 +1306,11 @@ def output_folder() -> str:
     return folder_paths.get_output_directory()
 
 
+def input_folder() -> str:
+    """ComfyUI's input folder (where its Load Image and dataset loaders read)."""
+    return folder_paths.get_input_directory()
+
+
 def checkpoint_files() -> list[str]:
     """Every checkpoint file name ComfyUI lists (what Load Checkpoint offers)."""
     return list(folder_paths.get_filename_list("checkpoints"))
