@@ -15,3 +15,7 @@ NODE_LIST += [*files.NODES, *inspection.NODES, *merge.NODES]
 from . import use  # noqa: E402
 
 NODE_LIST += use.NODES
+
+from . import pictures  # noqa: E402
+
+NODE_LIST += pictures.NODES
