@@ -10,6 +10,7 @@ import {
   familyLabel,
   getEmbeddings,
   isPromptTextarea,
+  promptFor,
   replaceRange,
   setting,
 } from "./tokensmith_common.js";
@@ -73,7 +74,7 @@ function accept(index) {
   const { textarea, start, end } = popup;
   close();
   if (!item) return;
-  const token = item.prompt || `embedding:${item.name}`;
+  const token = promptFor(item);
   const after = textarea.value.slice(end);
   const trail = after && /^[\s,)]/.test(after) ? "" : " ";
   replaceRange(textarea, start, end, token + trail);

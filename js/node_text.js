@@ -28,10 +28,12 @@ function showText(node, text) {
 
 app.registerExtension({
   name: "tokensmith.nodeText",
-  async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (!nodeData?.name?.startsWith("TokenSmith") || nodeData.name === "TokenSmithTrainEmbedding") return;
-    const onExecuted = nodeType.prototype.onExecuted;
-    nodeType.prototype.onExecuted = function (message) {
+  // per node (the front end's nodeCreated hook), not on the node classes' prototypes
+  nodeCreated(node) {
+    const type = node.comfyClass;
+    if (!type?.startsWith("TokenSmith") || type === "TokenSmithTrainEmbedding") return;
+    const onExecuted = node.onExecuted;
+    node.onExecuted = function (message) {
       const r = onExecuted?.apply(this, arguments);
       const text = message?.text;
       if (Array.isArray(text) ? text.length : text) showText(this, Array.isArray(text) ? text.join("\n") : String(text));

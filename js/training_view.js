@@ -404,16 +404,8 @@ app.registerExtension({
     api.addEventListener("reconnected", () => loadHistory());
     await loadHistory();
   },
-  async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData?.name !== NODE_TYPE) return;
-    const onNodeCreated = nodeType.prototype.onNodeCreated;
-    nodeType.prototype.onNodeCreated = function (...args) {
-      const r = onNodeCreated?.apply(this, args);
-      attachView(this);
-      return r;
-    };
+  // the front end's per-node hook: nothing of the node class is replaced
+  nodeCreated(node) {
+    if (node.comfyClass === NODE_TYPE) attachView(node);
   },
 });
-
-// For tests and other extensions: the run state the view draws, by node id.
-window.TokenSmith = Object.assign(window.TokenSmith || {}, { trainingRuns: runs });
