@@ -2,7 +2,7 @@
 
     python -m bench.files [--count 1000] [--json OUT]
 
-- list: read_header over a folder of `count` embeddings (bench.bench_files makes them: kohya
+- list: read_header over a folder of `count` embeddings (bench.embedding_folder makes them: kohya
   `emb_params`, TokenSmith SDXL files, sizes 1..8 vectors; with --mix one in ten is an A1111 .pt),
   as a browser refresh does; the folder is read once first so the OS cache is warm. Best of 3.
 - nearest: comfy_adapter.nearest_tokens for a 4-vector embedding against the tiny SD1 CLIP's full
@@ -25,8 +25,8 @@ import torch
 
 from devkit import comfy_host
 
-from .bench_files import list_folder, make_files
 from .child import add_common_args, emit, run_in_host
+from .embedding_folder import list_folder, make_files
 
 MERGE_EXPRESSION = "('a photo of'/2 + style_a*0.75 =:4), (style_b:2)"
 

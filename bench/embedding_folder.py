@@ -1,7 +1,7 @@
 """How fast can a folder of embeddings be listed? Creates N files in a temp folder and times
 ``read_header`` over all of them (target: 1,000 files in under a second).
 
-    python -m bench.bench_files [--count 1000] [--mix] [--json OUT]
+    python -m bench.embedding_folder [--count 1000] [--mix] [--json OUT]
 
 By default every file is safetensors (kohya/TokenSmith layouts, SD1 and SDXL), where only the
 JSON header is read. ``--mix`` makes one file in ten an A1111 .pt, which needs a bounded full read.
