@@ -14,7 +14,7 @@ from devkit.server import error_message
 
 pytestmark = pytest.mark.slow
 
-TOKENSMITH_NODES = {"TokenSmithTrainEmbedding", "TokenSmithLossGraph"}
+TOKENSMITH_NODES = {"TokenSmithTrainEmbedding", "TokenSmithLossGraph", "TokenSmithLoadTrainingPictures"}
 
 
 def train_and_sample_workflow(name: str, steps: int = 3) -> dict:
