@@ -91,9 +91,10 @@ def examples() -> list[Example]:
         TRAIN,
         {
             "1": ckpt,
-            "2": {"class_type": "LoadImageTextDataSetFromFolder", "inputs": {"folder": DEMO_FOLDER}},
+            # the pack's own loader: phone photos upright (EXIF), captions by name, size warnings
+            "2": {"class_type": "TokenSmithLoadTrainingPictures", "inputs": {"folder": DEMO_FOLDER}},
             "3": {"class_type": "TokenSmithTrainEmbedding", "inputs": _train_inputs(
-                "tokensmith-ring", "object", "ring", 600, "a photo of [name] on a table")},
+                "tokensmith-ring", "object", "ring", 600, "a photo of [name] on a table", captions=["2", 2])},
             "4": {"class_type": "TokenSmithLossGraph", "inputs": {"loss": ["3", 2], "width": 768, "height": 512}},
             "5": {"class_type": "StringConcatenate", "inputs": {
                 "string_a": ["3", 1], "string_b": "on a wooden table, sharp focus", "delimiter": ", "}},
@@ -107,8 +108,10 @@ def examples() -> list[Example]:
          (320, ["11", "12"]), (420, ["13"])],
         (
           "## Train an embedding from images\n"
-          "1. Put 5–20 pictures of your subject (same size, e.g. 512×512) in `ComfyUI/input/tokensmith_demo/`, "
-          "optionally with a same-name `.txt` caption each.\n"
+          "1. Put 5–20 pictures of your subject (any sizes: they are scaled into aspect-ratio buckets; phone "
+          "photos are turned upright) in `ComfyUI/input/tokensmith_demo/`, optionally with a same-name `.txt` "
+          "caption each saying what changes between pictures (background, pose), then press R to list the "
+          "folder. **Load Training Pictures** warns about pictures too small or needlessly large.\n"
           "2. Pick an SD1.x / SD2.x / SDXL checkpoint and a `name`.\n"
           "3. Queue. The chart on the trainer shows the loss live; the file lands in `models/embeddings/`.\n"
           "The trainer's `prompt` output (`embedding:NAME`) feeds the sampler below, so it runs after training."),
