@@ -203,10 +203,7 @@ def prediction_type(model) -> str:
 def training_objective(model) -> Objective:
     """The training loss for this model's sampling (tokensmith.objective), chosen from its own
     model_sampling: a new kind of sampling maps to its Objective here and in prediction_type."""
-    kind = prediction_type(model)
-    if kind == "flow":
-        return FLOW_MATCHING  # SD3, Flux, Chroma, Z-Image (flow_loss; below)
-    return objective_for(kind)
+    return objective_for(prediction_type(model))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1056,36 +1053,7 @@ def flow_denoise(model, xt: torch.Tensor, sigmas: torch.Tensor, conditioning: li
     return torch.cat(out)
 
 
-@dataclass(frozen=True)
-class FlowMatching:
-    """The flow-matching objective (kind "flow": comfy.model_sampling.CONST models), on the same inputs as
-    the eps/v objectives: the model's x0 prediction, x0 and sigma.
-
-    With xt = noise_scaling(sigma, noise, x0) = sigma * noise + (1 - sigma) * x0, the model's output is a
-    velocity v and its x0 prediction xt - sigma * v; the target velocity is (xt - x0) / sigma = noise - x0.
-    The loss is the velocity's mean squared error, |x0_pred - x0|^2 / sigma^2: the rectified-flow target
-    SD3's and Flux's trainers use (core's TrainLoraNode takes the same error in x0 space, i.e. weighted by
-    sigma^2). min-SNR weighting is an eps/v notion and is not applied here.
-    """
-
-    kind: str = "flow"
-
-    def loss(self, x0_pred, x0, sigmas, *, mask=None, min_snr_gamma=None):
-        if x0_pred.shape != x0.shape:
-            raise TrainingError(f"prediction shape {list(x0_pred.shape)} does not match target {list(x0.shape)}")
-        s = sigmas.to(x0.device, torch.float32).reshape(-1, *([1] * (x0.dim() - 1)))
-        if s.shape[0] != x0.shape[0]:
-            raise TrainingError(f"got {s.shape[0]} sigmas for a batch of {x0.shape[0]}")
-        if not bool(torch.isfinite(s).all() and (s > 0).all()):
-            raise TrainingError("every sigma must be a finite number > 0 (sigma 0 means no noise and no loss signal)")
-        err = ((x0_pred.float() - x0.float()) / s).pow(2)
-        if mask is None:
-            return err.mean()
-        m = torch.broadcast_to(mask.to(err.device, torch.float32), err.shape)
-        return (err * m).sum() / m.sum().clamp_min(1e-12)
-
-
-FLOW_MATCHING = FlowMatching()
+FLOW_MATCHING = objective_for("flow")
 
 
 def flow_loss(model, x0: torch.Tensor, conditioning: list[tuple[torch.Tensor, dict]], sigmas: torch.Tensor,
@@ -1098,11 +1066,18 @@ def flow_loss(model, x0: torch.Tensor, conditioning: list[tuple[torch.Tensor, di
     if not is_flow_model(model):
         raise TrainingError(f"this model samples with {type(model.get_model_object('model_sampling')).__name__}, "
                             "not flow matching")
+    x0_pred = flow_prediction(model, x0, conditioning, sigmas, noise, guidance)
+    return FLOW_MATCHING.loss(x0_pred, x0, sigmas, mask=mask)
+
+
+def flow_prediction(model, x0: torch.Tensor, conditioning: list[tuple[torch.Tensor, dict]], sigmas: torch.Tensor,
+                    noise: torch.Tensor, guidance: float | None = None) -> torch.Tensor:
+    """The flow model's x0 prediction for x0 noised to sigmas by the model's own noise_scaling (what
+    the Objective's loss reads; differentiable in the conditioning)."""
     sampling = model.get_model_object("model_sampling")
     sigmas = sigmas.to(x0.device, torch.float32)
     xt = sampling.noise_scaling(sigmas, noise.to(x0.device), x0)
-    x0_pred = flow_denoise(model, xt, sigmas, conditioning, guidance)
-    return FLOW_MATCHING.loss(x0_pred, x0, sigmas, mask=mask)
+    return flow_denoise(model, xt, sigmas, conditioning, guidance)
 
 
 def _out_of_place_t5_attention(layer):

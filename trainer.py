@@ -162,7 +162,7 @@ class BatchLoss:
     def __call__(self, params, prompts: list[str], bucket: Bucket, positions: torch.Tensor, gen: torch.Generator,
                  u: torch.Tensor | None = None, noise: torch.Tensor | None = None, weighted: bool = True) -> torch.Tensor:
         token_sets = [adapter.fill_slots(self.rows.tokens(prompt), params, self.encoders) for prompt in prompts]
-        if self.objective.kind == "flow":  # SD3, Flux, Chroma, Z-Image: the adapter's flow_loss
+        if self.objective.kind == "flow":  # SD3, Flux, Chroma, Z-Image: their own conditioning inputs
             return self._flow_loss(token_sets, bucket, positions, gen, u, noise)
         cond, pooled = adapter.encode_batch(self.clip, token_sets)
         cond = cond.to(self.device)
@@ -190,8 +190,10 @@ class BatchLoss:
         mask = None if bucket.masks is None else bucket.masks[positions].to(self.device)
         conditioning = adapter.encode_prompts(self.clip, token_sets)
         guidance = self.cfg.guidance if adapter.takes_guidance(self.model) else None
-        return adapter.flow_loss(self.model, x0, conditioning, adapter.flow_sigmas(self.model, u),
-                                 noise.reshape(x0.shape).to(self.device), guidance=guidance, mask=mask)
+        sigmas = adapter.flow_sigmas(self.model, u).to(self.device)
+        x0_pred = adapter.flow_prediction(self.model, x0, conditioning, sigmas, noise.reshape(x0.shape).to(self.device),
+                                          guidance)
+        return self.objective.loss(x0_pred, x0, sigmas, mask=mask)
 
     def validation(self, params, batches: list[ValidationBatch]) -> float:
         """The mean loss over a fixed validation set, without gradients."""

@@ -184,8 +184,8 @@ def test_the_objective_is_the_models_loss():
     sigmas = torch.tensor([0.5, 2.0])
     for kind in ("eps", "v"):
         assert torch.equal(objective_for(kind).loss(x0_pred, x0, sigmas), diffusion_loss(x0_pred, x0, sigmas, kind))
-    with pytest.raises(TrainingError, match="no training objective for 'flow'"):
-        objective_for("flow")
+    with pytest.raises(TrainingError, match="no training objective for 'edm'"):
+        objective_for("edm")
 
 
 def test_resolution_is_auto_or_a_real_size():
@@ -235,3 +235,21 @@ def test_held_out_pictures_are_never_trained_on_and_are_all_validation_sees(kind
     batches = run.validation_batches(8, 4, torch.Generator().manual_seed(0), lambda n: f"p{n}")
     validated = {b.bucket.pictures[int(p)] for b in batches for p in b.positions}
     assert validated == held_run and sum(len(b.positions) for b in batches) == 8
+
+
+def test_flow_objective_is_the_velocity_error():
+    # x_t = s*noise + (1-s)*x0; the velocity target is noise - x0 and the model's velocity is (x_t - x0_pred)/s,
+    # so the velocity error is (x0_pred - x0)/s
+    gen = torch.Generator().manual_seed(0)
+    x0, noise, v_pred = (torch.randn(2, 4, 3, 3, generator=gen) for _ in range(3))
+    s = torch.tensor([0.3, 0.8])
+    xt = s.view(-1, 1, 1, 1) * noise + (1 - s.view(-1, 1, 1, 1)) * x0
+    x0_pred = xt - s.view(-1, 1, 1, 1) * v_pred
+    flow = objective_for("flow")
+    assert flow.kind == "flow"
+    torch.testing.assert_close(flow.loss(x0_pred, x0, s), (v_pred - (noise - x0)).pow(2).mean())
+    mask = torch.zeros(2, 1, 3, 3)
+    mask[0] = 1.0
+    torch.testing.assert_close(flow.loss(x0_pred, x0, s, mask=mask), (v_pred[0] - (noise[0] - x0[0])).pow(2).mean())
+    with pytest.raises(TrainingError, match="finite number > 0"):
+        flow.loss(x0_pred, x0, torch.tensor([0.0, 0.5]))
