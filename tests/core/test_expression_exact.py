@@ -9,11 +9,14 @@ import torch
 
 from tokensmith.errors import ExpressionError
 from tokensmith.expression import (
+    MAX_ROLL,
     MAX_TOKEN_ID,
     AddStep,
     Chain,
     Concat,
     Name,
+    Roll,
+    Scale,
     Sum,
     Text,
     TokenRef,
@@ -170,3 +173,24 @@ def test_empty_texts_joined_keep_their_count_until_an_operand_gives_widths():
         "the expression gives zero vectors; an embedding needs at least one (check ':0' or '')")
     out = evaluate("('':2,''),'a'", _one, _one).vectors["clip_l"]
     assert out.tolist() == [[0.0, 0.0], [0.0, 0.0], [1.0, 2.0]]
+
+
+def test_one_sided_scaling_lists_every_side_the_part_has():
+    def sdxl(t):
+        return {"clip_l": torch.ones(1, 2), "clip_g": torch.ones(1, 3)}
+
+    assert _eval_message("'x'*2T", sdxl) == (
+        "column 4: *2T scales only t5xxl, but this part has clip_l, clip_g; drop the T to scale all of it")
+
+
+def test_postfix_refusals_word_for_word_and_the_shift_limit():
+    assert _message("'a'/0") == "column 5: division by zero; use *0 to zero the vectors"
+    assert _message("'a':+x") == "column 6: expected a whole number for the shift after ':+' or ':-', found name 'x'"
+    assert _message("'a':x") == "column 5: expected a whole number for the vector count after ':', found name 'x'"
+    assert parse(f"'a':+{MAX_ROLL}") == Chain(Text("a"), (Roll(MAX_ROLL),))
+    assert _message(f"'a':-{MAX_ROLL + 1}") == f"column 6: shift {MAX_ROLL + 1} is too large"
+
+
+def test_a_scale_without_a_side_has_no_side():
+    assert parse("'a'*2") == Chain(Text("a"), (Scale(2.0),))
+    assert parse("'a'*2").steps[0].side is None
