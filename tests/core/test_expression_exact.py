@@ -9,6 +9,8 @@ import torch
 
 from tokensmith.errors import ExpressionError
 from tokensmith.expression import (
+    MAX_INTERMEDIATE_VECTORS,
+    MAX_RESOLVED_VECTORS,
     MAX_ROLL,
     MAX_TOKEN_ID,
     AddStep,
@@ -194,3 +196,16 @@ def test_postfix_refusals_word_for_word_and_the_shift_limit():
 def test_a_scale_without_a_side_has_no_side():
     assert parse("'a'*2") == Chain(Text("a"), (Scale(2.0),))
     assert parse("'a'*2").steps[0].side is None
+
+
+def test_a_resolver_value_that_is_no_tensor_is_refused():
+    assert _eval_message("'a'", lambda t: {"clip_l": [[1.0, 2.0]]}) == (
+        "column 1: text 'a' gave a bad tensor for 'clip_l'; expected [n, width]")
+
+
+def test_operands_may_hold_exactly_the_total():
+    # eight distinct operands of the working limit each make the total exactly; cropped, they sum fine
+    count = MAX_RESOLVED_VECTORS // MAX_INTERMEDIATE_VECTORS
+    parts = " + ".join(f"'t{i}':1" for i in range(count))
+    out = evaluate(parts, lambda t: {"clip_l": torch.ones(MAX_INTERMEDIATE_VECTORS, 2)}, _one).vectors["clip_l"]
+    assert out.tolist() == [[float(count)] * 2]
