@@ -209,3 +209,9 @@ def test_operands_may_hold_exactly_the_total():
     parts = " + ".join(f"'t{i}':1" for i in range(count))
     out = evaluate(parts, lambda t: {"clip_l": torch.ones(MAX_INTERMEDIATE_VECTORS, 2)}, _one).vectors["clip_l"]
     assert out.tolist() == [[float(count)] * 2]
+
+
+def test_evaluate_refuses_what_is_no_expression_node():
+    with pytest.raises(ExpressionError) as info:
+        evaluate(Scale(2.0), _one, _one)
+    assert str(info.value) == "not an expression node: Scale"
