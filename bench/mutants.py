@@ -109,6 +109,38 @@ EQUIVALENT: dict[str, str] = {
         "top, ws built one per weight), so strictness never fires",
     "tokensmith.merge.x_weighted_sum__mutmut_30": "zip's strict dropped: as _27",
     "tokensmith.merge.x_weighted_sum__mutmut_31": "zip(strict=False): as _27",
+    "tokensmith.expression.x__fmt_name__mutmut_15":
+        "'c in \".-\"' -> 'c in \"XX.-XX\"' after '_is_name_char(c) or': the only character added is X, already a "
+        "name character",
+    "tokensmith.expression.x__fmt_name__mutmut_25":
+        "zip(strict=False) -> strict=None: name and name[1:] differ in length by design; both are non-strict",
+    "tokensmith.expression.x__fmt_name__mutmut_28": "zip's strict=False dropped: False is the default",
+    "tokensmith.expression.xǁ_Parserǁop__mutmut_3":
+        "'tok.value in \"*/\"' -> 'in \"XX*/XX\"': op() is entered only on '*', '/' or ':', never on 'X'",
+    "tokensmith.expression.xǁ_Parserǁtake__mutmut_3":
+        "take() past the end token: every caller peeks first and takes only a token of the kind it expects, "
+        "never the end token",
+    "tokensmith.expression.xǁ_Parserǁtake__mutmut_4": "as take__mutmut_3",
+    "tokensmith.expression.xǁ_Parserǁexpr__mutmut_3":
+        "a Sum's pos None: pos is out of equality and no message reports a Sum's column (errors name the "
+        "operand or the '+', '-' or ',' that fails)",
+    "tokensmith.expression.xǁ_Parserǁop__mutmut_90":
+        "a Roll's pos None: out of equality, and rolling never fails, so no message reports its column",
+    "tokensmith.expression.xǁ_Parserǁop__mutmut_92": "a Roll's pos dropped (0): as op__mutmut_90",
+    "tokensmith.expression.xǁ_Parserǁop__mutmut_104":
+        "a Resize's pos None: out of equality, and ':N' is checked while parsing (with the number's column), "
+        "never reported at evaluation",
+    "tokensmith.expression.xǁ_Parserǁop__mutmut_106": "a Resize's pos dropped (0): as op__mutmut_104",
+    "tokensmith.expression.xǁ_Evaluatorǁcombine__mutmut_19":
+        "the working-limit check of a sum: a sum has max(a.n, b.n) vectors and every side is already within "
+        "the limit (each operand checked when resolved, ':N' at most 75, ',' checked itself), so the sum's "
+        "check never fires and its wording is never shown",
+    "tokensmith.expression.xǁ_Evaluatorǁcombine__mutmut_25": "the sum's wording: as combine__mutmut_19",
+    "tokensmith.expression.xǁ_Evaluatorǁcombine__mutmut_26": "the sum's wording: as combine__mutmut_19",
+    "tokensmith.expression.x__as_rows__mutmut_24":
+        "to(device='cpu') -> to(device=None): the same tensors for operands already on the CPU, as in every "
+        "core test (as writer.x_embedding_to_state_dict__mutmut_2)",
+    "tokensmith.expression.x__as_rows__mutmut_26": "the device argument dropped: as _as_rows__mutmut_24",
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}

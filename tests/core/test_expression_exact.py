@@ -215,3 +215,9 @@ def test_evaluate_refuses_what_is_no_expression_node():
     with pytest.raises(ExpressionError) as info:
         evaluate(Scale(2.0), _one, _one)
     assert str(info.value) == "not an expression node: Scale"
+
+
+def test_whole_operations_word_for_word_and_chained():
+    assert _message("'a' = 'b'") == "column 7: expected * / or : after '=', found text 'b'"
+    assert _message("'a' =,'b'") == "column 6: expected * / or : after '=', found ',' ('=' cannot be used with ',')"
+    assert unparse(parse("'a' + 'b' =*2/4")) == "'a' + 'b' =*2/4"
