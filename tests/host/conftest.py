@@ -22,3 +22,20 @@ def embeddings_dir(comfy_base):
 
     path = folder_paths.get_folder_paths("embeddings")[0]
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny(comfy_base):
+    """tiny(family) -> devkit.model_factory.build_tiny(family, seed=0), built once per test module (the
+    flow-matching families' models are dropped when the module ends)."""
+    from devkit.model_factory import build_tiny
+
+    built: dict = {}
+
+    def get(family):
+        if family not in built:
+            built[family] = build_tiny(family, seed=0)
+        return built[family]
+
+    yield get
+    built.clear()

@@ -9,21 +9,7 @@ import torch
 
 from tests.host.test_new_families import PROMPT, flow_batch, step_loss, token_like
 
-_built: dict = {}
 FAMILIES = ["sd3_t5", "flux", "chroma", "zimage"]
-
-
-@pytest.fixture(scope="module")
-def tiny(comfy_base):
-    from devkit.model_factory import build_tiny
-
-    def get(family):
-        if family not in _built:
-            _built[family] = build_tiny(family, seed=0)
-        return _built[family]
-
-    yield get
-    _built.clear()
 
 
 @pytest.fixture(scope="module")

@@ -8,21 +8,6 @@ import uuid
 import pytest
 import torch
 
-_built: dict = {}
-
-
-@pytest.fixture(scope="module")
-def tiny(comfy_base):
-    from devkit.model_factory import build_tiny
-
-    def get(family):
-        if family not in _built:
-            _built[family] = build_tiny(family, seed=0)
-        return _built[family]
-
-    yield get
-    _built.clear()
-
 
 def pictures(count=2, size=64, seed=0):
     return torch.rand(count, size, size, 3, generator=torch.Generator().manual_seed(seed))

@@ -32,21 +32,6 @@ SMALL = ("sd3", "flux", "flux_schnell", "chroma", "zimage")
 # `token == 151655`, which fails on an embedding vector: no prompt row can hold trainable vectors.
 NO_VECTORS_IN_ROWS = {"qwen_image"}
 
-_built: dict = {}
-
-
-@pytest.fixture(scope="module")
-def tiny(comfy_base):
-    from devkit.model_factory import build_tiny
-
-    def get(family):
-        if family not in _built:
-            _built[family] = build_tiny(family, seed=0)
-        return _built[family]
-
-    yield get
-    _built.clear()
-
 
 @pytest.fixture(scope="module")
 def adapter(pack):
