@@ -81,16 +81,6 @@ def test_evaluation_errors_name_the_operands_column():
     assert str(info.value) == "column 11: token 5 needs a token vocabulary, which is not available here"
 
 
-@pytest.fixture
-def float64_default():
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(before)
-
-
 def test_empty_text_beside_an_operand_gives_fp32_even_when_torch_defaults_to_float64(float64_default):
     # evaluate promises an fp32 embedding; a host process may have changed torch's default dtype
     def text(t):

@@ -73,16 +73,6 @@ def test_concat_of_one_embedding_is_that_embedding_in_the_first_operands_order()
     assert list(concat([lone, flipped]).vectors) == ["clip_l", "clip_g"]
 
 
-@pytest.fixture
-def float64_default():
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(before)
-
-
 def test_weighted_sum_is_fp32_even_when_torch_defaults_to_float64(float64_default):
     # the module promises fp32 results; a host process may have changed torch's default dtype
     out = weighted_sum([one(1.0, 2.0), one(3.0, 4.0)], [0.5, 0.5]).vectors["clip_l"]
