@@ -369,7 +369,10 @@ class TrainingSet:
         self.count = sum(len(b.pictures) for b in buckets)
         self._bucket_of = {n: b for b in buckets for n in b.pictures}
         self.held_out = sorted(held_out or [])
-        self._training = [n for b in buckets for n in b.pictures if n not in set(self.held_out)]
+        held = set(self.held_out)
+        self._training = [n for b in buckets for n in b.pictures if n not in held]
+        # per bucket, the pictures a training batch may draw (made once, not per step)
+        self._pools = {id(b): [n for n in b.pictures if n not in held] for b in buckets}
 
     def draw(self, gen: torch.Generator, batch_size: int) -> tuple[Bucket, torch.Tensor, list[int]]:
         """A batch: its bucket, the positions in it and the picture numbers. One bucket: batch_size
@@ -388,7 +391,7 @@ class TrainingSet:
         # as draw, from the pictures that are not held out
         first = self._training[int(torch.randint(0, len(self._training), (1,), generator=gen))]
         bucket = self._bucket_of[first]
-        pool = [n for n in bucket.pictures if n in set(self._training)]
+        pool = self._pools[id(bucket)]
         numbers = [pool[int(i)] for i in torch.randint(0, len(pool), (batch_size,), generator=gen)]
         positions = torch.tensor([bucket.pictures.index(n) for n in numbers], dtype=torch.long)
         return bucket, positions, numbers
