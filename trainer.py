@@ -34,11 +34,11 @@ from .tokensmith.names import safe_join, validate_name
 from .tokensmith.objective import Objective
 from .tokensmith.run_state import read_run_state, write_run_state
 from .tokensmith.schedule import parse_schedule
+from .tokensmith.stopping import EarlyStopper
 from .tokensmith.templates import render, shape_caption, template_lines
 from .tokensmith.train_config import TrainConfig
 from .tokensmith.training_data import Bucket, TrainingData, TrainingSet, ValidationBatch
 from .tokensmith.training_math import (
-    EarlyStopper,
     NaNGuard,
     NormControl,
     make_optimizer,
@@ -67,6 +67,7 @@ class TrainResult:
     best_step: int | None = None
     stopped_early: bool = False
     steps_done: int = 0
+    stop_reason: str | None = None  # why it stopped before its steps, in words
 
 
 def state_path(name: str) -> str:
@@ -372,14 +373,21 @@ class Trainer:
         loss = BatchLoss(self.model, self.clip, self.encoders, self.objective, rows, self.cfg, self.device)
         return Session(data, rows, loss, autocast, scaler, self._norm_control(), reporter, preview, validation)
 
+    def _stopper(self) -> EarlyStopper | None:
+        """The stop rules asked for (patience, plateau), or None when the run takes all its steps."""
+        window = self.cfg.plateau_window if self.cfg.stop_rule == "plateau" else 0
+        if not self.cfg.early_stop_patience and not window:
+            return None
+        return EarlyStopper(self.cfg.early_stop_patience, plateau_window=window,
+                            plateau_threshold=self.cfg.plateau_threshold)
+
     def _new_run(self) -> Run:
         with torch.inference_mode(False):
             init = self._init_vectors()
             params = {k: torch.nn.Parameter(v.to(self.device, torch.float32).clone()) for k, v in init.items()}
             optimizer = make_optimizer(list(params.values()), self.schedule.value(1))
             guard = NaNGuard(list(params.values()), optimizer, max_consecutive=5)
-            stopper = EarlyStopper(self.cfg.early_stop_patience) if self.cfg.early_stop_patience else None
-            run = Run(params, optimizer, guard, stopper, TrainingHistory())
+            run = Run(params, optimizer, guard, self._stopper(), TrainingHistory())
             if self.resume_from:
                 run.start_step = run.step = self._load_resume(run)
         if run.start_step >= self.cfg.steps:
@@ -561,7 +569,7 @@ class Trainer:
         s.reporter.step_done(step, total, lr, run.params, val_loss)
         if run.stopper is not None and run.stopper.should_stop:
             run.stopped_early = True
-            run.history.event(step, "early_stop", best_step=run.stopper.best_step)
+            run.history.event(step, "early_stop", best_step=run.stopper.best_step, reason=run.stopper.reason)
             s.reporter.report(step, total, lr, run.params, val_loss, event=run.history.events[-1])
 
     def _finish(self, s: Session, run: Run) -> TrainResult:
@@ -575,5 +583,6 @@ class Trainer:
         if self.cfg.preview_every:
             run.previews.append(s.preview(final))
         emb = self._embedding(final, run.step, self.cfg.name)
+        reason = run.stopper.reason if run.stopped_early else None
         return TrainResult(emb, run.history, path, run.previews, best_step, run.stopped_early,
-                           run.step - run.start_step)
+                           run.step - run.start_step, reason)

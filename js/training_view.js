@@ -113,7 +113,7 @@ function eventText(ev, state) {
       return `step ${ev.step}: NaN/Inf loss, rolled back to the last good vectors` +
         (ev.lr_factor != null ? ` (lr ×${fmtNum(ev.lr_factor, 3)})` : "");
     case "early_stop":
-      return `step ${ev.step}: stopped early, validation stopped improving` +
+      return `step ${ev.step}: stopped early, ${ev.reason ?? "validation stopped improving"}` +
         (ev.best_step != null ? ` (kept step ${ev.best_step})` : "");
     case "snapshot":
       return `step ${ev.step}: saved snapshot ${ev.name ?? ""}`;

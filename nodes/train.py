@@ -12,7 +12,7 @@ from .. import comfy_adapter as adapter
 from .. import server_routes
 from ..tokensmith.history import TrainingHistory, draw_history
 from ..tokensmith.templates import ignored_captions_warning, negative_embedding_note, template_lines
-from ..tokensmith.train_config import TrainConfig
+from ..tokensmith.train_config import LATENT_SAMPLING, LR_SHAPES, PRECISIONS, STOP_RULES, TrainConfig
 from ..trainer import Trainer
 from .sockets import ADV, CATEGORY, Embedding, LossHistory
 
@@ -220,7 +220,7 @@ class TrainEmbedding(io.ComfyNode):
                              max=100_000,
                              tooltip="Steps over which the learning rate rises from near 0 to its first value "
                                      "(0 = none; the cosine starts after them)."),
-                io.Combo.Input("lr_shape", **ADV, optional=True, options=["auto", "steps", "cosine", "constant"],
+                io.Combo.Input("lr_shape", **ADV, optional=True, options=list(LR_SHAPES),
                                default=_DEFAULTS.lr_shape,
                                tooltip="How learning_rate is read. auto: cosine when it has '->', otherwise steps; "
                                        "steps: A1111's 'RATE:UNTIL, ..., RATE' list (one number = constant); "
@@ -229,7 +229,7 @@ class TrainEmbedding(io.ComfyNode):
                 io.Int.Input("gradient_accumulation", **ADV, optional=True, default=1, min=1, max=256,
                              tooltip="Batches whose gradients are added up before each optimizer step: an effective "
                                      "batch of batch_size x this, with the memory of one batch."),
-                io.Combo.Input("precision", **ADV, optional=True, options=["auto", "fp32", "bf16", "fp16"], default="auto",
+                io.Combo.Input("precision", **ADV, optional=True, options=list(PRECISIONS), default="auto",
                                tooltip="What the frozen model computes in. auto: bf16 on GPUs that have it, fp16 "
                                        "(with loss scaling) on older ones, fp32 on a CPU. The vectors always stay "
                                        "fp32."),
@@ -238,7 +238,7 @@ class TrainEmbedding(io.ComfyNode):
                                          "in the backward pass instead of keeping its activations: far less memory "
                                          "per step, at about half the speed. Turn on when training runs out of "
                                          "memory."),
-                io.Combo.Input("latent_sampling", **ADV, optional=True, options=["deterministic", "once", "random"],
+                io.Combo.Input("latent_sampling", **ADV, optional=True, options=list(LATENT_SAMPLING),
                                default="deterministic",
                                tooltip="Which latent of each picture is trained on. deterministic: the VAE's mean; "
                                        "once: one sample, drawn before training; random: a new sample every step. "
@@ -311,6 +311,17 @@ class TrainEmbedding(io.ComfyNode):
                                        "which is guidance-distilled)."),
                 io.String.Input("preview_negative", **ADV, optional=True, default=_DEFAULTS.preview_negative,
                                 tooltip="Negative prompt of the preview pictures (empty = none)."),
+                io.Combo.Input("stop_rule", **ADV, optional=True, options=list(STOP_RULES), default=_DEFAULTS.stop_rule,
+                               tooltip="steps: train all the steps. plateau: train until learned, stopping when the "
+                                       "validation loss levels off (steps is then the most it trains); the saved "
+                                       "file holds the best validation's vectors. Needs validate_every above 0."),
+                io.Int.Input("plateau_window", **ADV, optional=True, default=_DEFAULTS.plateau_window, min=1, max=100,
+                             tooltip="For stop_rule=plateau: how many validations each of the two compared windows "
+                                     "holds. Larger waits longer and is surer."),
+                io.Float.Input("plateau_threshold", **ADV, optional=True, default=_DEFAULTS.plateau_threshold, min=0.0,
+                               max=0.5, step=0.001,
+                               tooltip="For stop_rule=plateau: stop when the last window's mean validation loss is "
+                                       "at most this share below the window before it (0.01 = 1%)."),
             ],
             outputs=[
                 Embedding.Output("embedding", tooltip="The trained vectors (already saved), for Save, Inspect or Merge."),
@@ -346,6 +357,9 @@ class TrainEmbedding(io.ComfyNode):
         result = _train(trainer, progress, run_id)
         previews = torch.cat(result.previews) if result.previews else torch.zeros(1, 64, 64, 3)
         ui_out = ui.PreviewImage(previews, cls=cls).as_dict() if result.previews else {}
+        if result.stop_reason:
+            notes.append(f"stopped at step {result.history.steps[-1] if result.history.steps else 0} of {steps}: "
+                         f"{result.stop_reason}; saved the vectors of step {result.best_step}")
         if notes:
             ui_out["text"] = notes
         return io.NodeOutput(result.embedding, f"embedding:{config.name}", result.history, previews, ui=ui_out or None)

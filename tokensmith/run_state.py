@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .history import TrainingHistory
-from .training_math import EarlyStopper, NaNGuard, load_optimizer_state, optimizer_state_to_tensors
+from .stopping import EarlyStopper
+from .training_math import NaNGuard, load_optimizer_state, optimizer_state_to_tensors
 from .writer import atomic_write_bytes
 
 
@@ -113,6 +114,8 @@ def restore(state: RunState, params: dict[str, torch.Tensor], optimizer: torch.o
         stopper.best_step = state.best_step
         stopper.bad_evaluations = state.bad_evaluations
         stopper.best_vectors = state.best_vectors or None
+    if stopper is not None and state.history is not None:
+        stopper.losses = list(state.history.val_loss)  # the plateau rule's window goes on where it was
     if state.history is not None:
         for name in TrainingHistory.__dataclass_fields__:
             getattr(history, name).extend(getattr(state.history, name))

@@ -16,6 +16,7 @@ LATENT_SAMPLING = ("deterministic", "once", "random")
 NORM_MODES = NormControl.MODES
 CLIP_MODES = ("none", "norm", "value")
 LR_SHAPES = ("auto", "steps", "cosine", "constant")
+STOP_RULES = ("steps", "plateau")  # all the steps; or until the validation loss levels off, steps as the cap
 
 
 @dataclass
@@ -49,6 +50,9 @@ class TrainConfig:
     validation_samples: int = 8
     validation_split: float = 0.0  # share of the pictures kept out of training to validate on; 0 = none
     early_stop_patience: int = 0  # validations without improvement before stopping; 0 = never stop early
+    stop_rule: str = "steps"
+    plateau_window: int = 4  # validations per window of the plateau rule (tokensmith.stopping)
+    plateau_threshold: float = 0.01  # stop when a window's mean is at most this share below the one before
     save_every: int = 0
     preview_every: int = 0
     preview_prompt: str = "a photo of [name]"
@@ -76,11 +80,11 @@ class TrainConfig:
             raise TrainingError("tag_dropout must be in [0, 1)")
         for field_name, allowed in (("precision", PRECISIONS), ("latent_sampling", LATENT_SAMPLING),
                                     ("norm_mode", NORM_MODES), ("clip_mode", CLIP_MODES),
-                                    ("lr_shape", LR_SHAPES)):
+                                    ("lr_shape", LR_SHAPES), ("stop_rule", STOP_RULES)):
             value = getattr(self, field_name)
             if value not in allowed:
                 raise TrainingError(f"{field_name} must be one of {list(allowed)}, got {value!r}")
-        for field_name in ("clip_value", "max_norm", "min_snr_gamma", "guidance", "preview_cfg"):
+        for field_name in ("clip_value", "max_norm", "min_snr_gamma", "guidance", "preview_cfg", "plateau_threshold"):
             value = getattr(self, field_name)
             if not math.isfinite(value) or value < 0:
                 raise TrainingError(f"{field_name} must be a finite number >= 0, got {value}")
@@ -88,6 +92,11 @@ class TrainConfig:
             raise TrainingError("validate_every, save_every, preview_every and early_stop_patience cannot be negative")
         if self.early_stop_patience and not self.validate_every:
             raise TrainingError("early stopping needs validation: set validate_every above 0")
+        if self.stop_rule == "plateau" and not self.validate_every:
+            raise TrainingError("stop_rule 'plateau' watches the validation loss: set validate_every above 0, or "
+                                "stop_rule to 'steps'")
+        if not 1 <= self.plateau_window <= 100:
+            raise TrainingError(f"plateau_window must be 1..100 validations, got {self.plateau_window}")
         if self.resolution != 0 and not 64 <= self.resolution <= 4096:
             raise TrainingError(f"resolution must be 0 (auto) or 64..4096 pixels, got {self.resolution}")
         self._validate_checks_and_previews()

@@ -7,7 +7,6 @@
   ``|v_pred - v|^2 = |x0_pred - x0|^2 * (sigma^2 + 1) / sigma^2``; ``SNR = 1 / sigma^2``.
 - :class:`NormControl` and :func:`vector_norms`: keep vector norms in range after each step.
 - :class:`NaNGuard`: roll back to the last good vectors and optimizer state on NaN/inf.
-- :class:`EarlyStopper`: stop when the validation loss stops improving, keeping the best vectors.
 - :func:`spread_init_vectors`: A1111's way of spreading init-text tokens over n vectors.
 - :func:`make_optimizer`, :func:`optimizer_state_to_tensors`, :func:`tensors_to_optimizer_state`:
   AdamW and a pickle-free form of its state (tensors for safetensors + a JSON string).
@@ -249,53 +248,6 @@ class NaNGuard:
                 "(e.g. max norm 1.0), fp32 instead of fp16, norm control 'clamp', or check the images and masks"
             )
         return self.ROLLED_BACK
-
-
-# ---------------------------------------------------------------- early stopping
-
-
-def _clone_vectors(vectors):
-    if isinstance(vectors, torch.Tensor):
-        return vectors.detach().clone()
-    if isinstance(vectors, Mapping):
-        return {k: v.detach().clone() for k, v in vectors.items()}
-    return [v.detach().clone() for v in vectors]
-
-
-class EarlyStopper:
-    """Tracks the best validation loss and stops after ``patience`` evaluations without improvement.
-
-    An evaluation improves when ``val_loss < best_loss - min_delta``; NaN never improves.
-    ``best_vectors`` is a clone (tensor, dict or list, like the input) taken at ``best_step``.
-    """
-
-    def __init__(self, patience: int = 5, min_delta: float = 0.0):
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise TrainingError(f"early-stopping patience must be a whole number >= 1, got {patience!r}")
-        if not math.isfinite(float(min_delta)) or min_delta < 0:
-            raise TrainingError(f"early-stopping min_delta must be >= 0, got {min_delta!r}")
-        self.patience = patience
-        self.min_delta = float(min_delta)
-        self.best_loss = math.inf
-        self.best_step: int | None = None
-        self.best_vectors = None
-        self.bad_evaluations = 0
-
-    def update(self, step: int, val_loss: float, vectors) -> bool:
-        """Record one evaluation; returns True when it is the new best."""
-        loss = float(val_loss)
-        if math.isfinite(loss) and loss < self.best_loss - self.min_delta:
-            self.best_loss = loss
-            self.best_step = step
-            self.best_vectors = _clone_vectors(vectors)
-            self.bad_evaluations = 0
-            return True
-        self.bad_evaluations += 1
-        return False
-
-    @property
-    def should_stop(self) -> bool:
-        return self.bad_evaluations >= self.patience
 
 
 # ---------------------------------------------------------------- init vectors

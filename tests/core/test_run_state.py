@@ -7,7 +7,8 @@ import torch
 
 from tokensmith.history import TrainingHistory
 from tokensmith.run_state import capture, read_run_state, restore, write_run_state
-from tokensmith.training_math import EarlyStopper, NaNGuard, make_optimizer
+from tokensmith.stopping import EarlyStopper
+from tokensmith.training_math import NaNGuard, make_optimizer
 
 
 def new_run(seed=0):

@@ -30,6 +30,9 @@ def test_auto_shape_follows_the_text(spec, shape):
     ({"steps": 0}, "at least 1"), ({"num_vectors": 0}, "num_vectors"), ({"num_vectors": 76}, "num_vectors"),
     ({"precision": "fp8"}, "precision"), ({"tag_dropout": 1.0}, "tag_dropout"),
     ({"early_stop_patience": 3, "validate_every": 0}, "validation"), ({"clip_value": float("nan")}, "clip_value"),
+    ({"stop_rule": "plateau", "validate_every": 0}, "stop_rule 'plateau' watches the validation loss"),
+    ({"stop_rule": "auto"}, "stop_rule must be one of"), ({"plateau_window": 0}, "plateau_window must be 1..100"),
+    ({"plateau_threshold": -0.1}, "plateau_threshold must be a finite number"),
 ])
 def test_bad_settings_are_refused_with_the_setting_named(change, match):
     with pytest.raises(TrainingError, match=match):

@@ -11,7 +11,6 @@ from safetensors.torch import save as st_save
 from tokensmith.errors import TrainingError
 from tokensmith.schedule import parse_schedule
 from tokensmith.training_math import (
-    EarlyStopper,
     NaNGuard,
     NormControl,
     diffusion_loss,
@@ -255,35 +254,6 @@ def test_nan_guard_gives_up_on_endless_overflow():
         assert guard.check(loss, loss_scaled=True) == "overflow"
     with pytest.raises(TrainingError, match="bf16 or fp32"):
         guard.check(loss, loss_scaled=True)
-
-
-# ---------------------------------------------------------------- early stopping
-
-
-def test_early_stopper():
-    es = EarlyStopper(patience=3, min_delta=0.0)
-    v = torch.zeros(2, 3)
-    losses = [1.0, 0.9, 0.95, float("nan"), 0.91]
-    improved = []
-    for step, loss in enumerate(losses, start=1):
-        v += 1
-        improved.append(es.update(step * 10, loss, v))
-        if step < len(losses):
-            assert not es.should_stop
-    assert improved == [True, True, False, False, False]
-    assert es.should_stop
-    assert es.best_step == 20 and es.best_loss == 0.9
-    assert torch.equal(es.best_vectors, torch.full((2, 3), 2.0))  # a clone, not the live tensor
-
-
-def test_early_stopper_min_delta_and_dicts():
-    es = EarlyStopper(patience=1, min_delta=0.05)
-    es.update(1, 1.0, {"clip_l": torch.ones(1, 2)})
-    assert not es.update(2, 0.96, {"clip_l": torch.zeros(1, 2)})
-    assert es.should_stop
-    assert torch.equal(es.best_vectors["clip_l"], torch.ones(1, 2))
-    with pytest.raises(TrainingError):
-        EarlyStopper(patience=0)
 
 
 # ---------------------------------------------------------------- init vectors

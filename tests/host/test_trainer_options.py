@@ -439,6 +439,30 @@ def test_early_stop_saves_the_best_vectors_and_a_resume_continues(pack, sd1, emb
     assert any(e["kind"] == "resumed" for e in more.history.events)
 
 
+def test_plateau_stops_a_run_whose_validation_loss_levels_off(pack, sd1, embeddings_dir):
+    """At a rate too small to move the vectors the validation loss stays where it is: stop_rule
+    'plateau' (windows of 2 validations, one per step, the first at step 0) stops once two full
+    windows compare, at step 3 of 20, says why in its event, and saves the best validation's vectors.
+    With stop_rule 'steps' the same run takes all its steps (control). A resume of the stopped run
+    carries the validations it had, so it stops at its first validation instead of filling two new
+    windows first."""
+    settings = dict(steps=20, learning_rate="1e-9", validate_every=1, plateau_window=2, plateau_threshold=0.01)
+    stopped = train(pack, sd1, name="plateau", stop_rule="plateau", **settings)
+    assert stopped.stopped_early and stopped.steps_done == 3, stopped.history.val_loss
+    assert stopped.stop_reason.startswith("plateau: the mean of the last 2 validations")
+    event = next(e for e in stopped.history.events if e["kind"] == "early_stop")
+    assert event["reason"] == stopped.stop_reason and event["step"] == 3
+    val = dict(zip(stopped.history.val_steps, stopped.history.val_loss, strict=True))
+    assert val[stopped.best_step] == min(val.values())
+
+    full = train(pack, sd1, name="plateau-control", stop_rule="steps", **settings)
+    assert not full.stopped_early and full.steps_done == 20 and full.stop_reason is None
+
+    more = train(pack, sd1, name="plateau", resume_from="plateau", stop_rule="plateau",
+                 **{**settings, "steps": 20})
+    assert more.stopped_early and more.history.steps[-1] == 4, more.history.steps
+
+
 def test_resume_without_optimizer_state_and_the_already_at_step_error(pack, sd1, embeddings_dir):
     """Without its optimizer-state file a resume starts from the file's vectors at the file's step
     (the optimizer's first step sees exactly them) and says so in the history; a resume at or past
