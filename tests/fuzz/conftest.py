@@ -16,8 +16,8 @@ import time
 import pytest
 import torch
 
-from devkit import fuzzing
 from devkit.comfy_host import REPO_ROOT
+from devkit.fuzzing import runner
 from tests.core import golden
 from tokensmith.embedding import Embedding
 from tokensmith.formats.png_fmt import write_png_card
@@ -69,7 +69,7 @@ def _merge(reports: list[dict]) -> dict:
 @pytest.fixture(scope="session")
 def fuzz_run(tmp_path_factory):
     """The merged report of one fuzz run over every target, plus the folders it used."""
-    total = fuzzing.examples_from_env()
+    total = runner.examples_from_env()
     root = tmp_path_factory.mktemp("fuzz")
     seeds = root / "seeds"
     seeds.mkdir()

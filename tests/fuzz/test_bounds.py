@@ -20,8 +20,9 @@ import pytest
 import torch
 from PIL import Image
 
-from devkit import fuzzing
-from devkit.fuzzing import MEMORY_BOUND_MB, PeakMeter, build_zip, legacy_stream, zip_entries, zlib_bomb
+from devkit.fuzzing.formats import build_png, zlib_bomb
+from devkit.fuzzing.pickles import build_zip, legacy_stream, zip_entries
+from devkit.fuzzing.runner import MEMORY_BOUND_MB, PeakMeter
 from tests.core import golden
 from tests.needs import missing
 from tokensmith.errors import EmbeddingFileError, TokenSmithError
@@ -68,7 +69,7 @@ def test_drawn_payload_bomb_stops_at_the_cap(tmp_path, meter):
 def test_image_too_large_to_scan_is_not_decoded(tmp_path, meter):
     # IHDR claims 40000 x 40000 pixels; the pixel data is a few bytes: must be refused without decoding
     ihdr = struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0)
-    raw = fuzzing.build_png([(b"IHDR", ihdr), (b"IDAT", zlib.compress(b"\0" * 100)), (b"IEND", b"")])
+    raw = build_png([(b"IHDR", ihdr), (b"IDAT", zlib.compress(b"\0" * 100)), (b"IEND", b"")])
     path = tmp_path / "huge.png"
     path.write_bytes(raw)
     refused_within_bounds(meter, path)

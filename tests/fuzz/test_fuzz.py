@@ -1,7 +1,7 @@
 """Every reader and parser under generated and mutated input: only TokenSmithError may come out,
 each input stays within the memory bound, and no hostile pickle runs anything.
 
-The inputs come from devkit/fuzzing.py (seeded; see conftest.py for the budget). A failure names
+The inputs come from devkit/fuzzing/ (seeded; see conftest.py for the budget). A failure names
 the target, seed and index, which `python -m devkit.fuzzing repro` replays alone.
 """
 
@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from devkit import fuzzing
+from devkit.fuzzing import runner
 
 # What each target must reach at least once, so a generator that only makes trivially refused
 # input (and would hide bugs) fails here instead of passing quietly.
@@ -31,13 +31,13 @@ def _show(items) -> str:
 
 def test_the_whole_budget_ran(fuzz_run):
     report = fuzz_run["report"]
-    shares = fuzzing.budget(report["total_budget"])
+    shares = runner.budget(report["total_budget"])
     assert report["inputs"] >= report["total_budget"]
     for target, count in shares.items():
         assert report["targets"][target]["count"] == count, target
 
 
-@pytest.mark.parametrize("target", fuzzing.TARGETS)
+@pytest.mark.parametrize("target", runner.TARGETS)
 def test_only_tokensmith_errors_escape(fuzz_run, target):
     result = fuzz_run["report"]["targets"][target]
     assert result["escape_count"] == 0, (
@@ -46,19 +46,19 @@ def test_only_tokensmith_errors_escape(fuzz_run, target):
         + _show(result["escapes"]))
 
 
-@pytest.mark.parametrize("target", fuzzing.TARGETS)
+@pytest.mark.parametrize("target", runner.TARGETS)
 def test_memory_per_input_stays_bounded(fuzz_run, target):
     """Peak resident growth per input is the bound. Time per input is a figure (it depends on the
     machine's load), reported here and in the fuzz report's "slow" / "max_case_s", not asserted; a
     hang still ends the run at the runner's timeout."""
     result = fuzz_run["report"]["targets"][target]
-    assert not result["over_memory"], f"inputs over {fuzzing.MEMORY_BOUND_MB} MB:\n" + _show(result["over_memory"])
-    assert result["max_growth_mb"] <= fuzzing.MEMORY_BOUND_MB
+    assert not result["over_memory"], f"inputs over {runner.MEMORY_BOUND_MB} MB:\n" + _show(result["over_memory"])
+    assert result["max_growth_mb"] <= runner.MEMORY_BOUND_MB
     if result["slow"]:
-        print(f"{target}: inputs over {fuzzing.SLOW_CASE_S} s (a figure, not a failure):\n" + _show(result["slow"]))
+        print(f"{target}: inputs over {runner.SLOW_CASE_S} s (a figure, not a failure):\n" + _show(result["slow"]))
 
 
-@pytest.mark.parametrize("target", fuzzing.TARGETS)
+@pytest.mark.parametrize("target", runner.TARGETS)
 def test_generators_reach_past_the_first_check(fuzz_run, target):
     result = fuzz_run["report"]["targets"][target]
     for outcome in MUST_REACH[target]:

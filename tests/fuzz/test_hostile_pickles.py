@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from devkit.comfy_host import REPO_ROOT
-from devkit.fuzzing import hostile_files, hostile_pickles
+from devkit.fuzzing.pickles import hostile_files, hostile_pickles
 from tokensmith import cli
 from tokensmith.errors import EmbeddingFileError
 from tokensmith.formats import read_embedding, read_header
