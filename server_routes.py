@@ -12,8 +12,6 @@ Events: `tokensmith.train` with {node, run, step, total, loss, val_loss, lr, nor
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
 import os
 import threading
@@ -57,15 +55,9 @@ def finish_run(run_id: str, outcome: str) -> None:
 
 def preview_to_data_url(image, max_side: int = 256) -> str:
     """A small PNG data URL of an IMAGE tensor [1, H, W, 3] (for the live view)."""
-    import numpy as np
-    from PIL import Image
+    from .tokensmith.modelspec import thumbnail_data_url
 
-    arr = (image[0].detach().float().clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
-    pic = Image.fromarray(arr)
-    pic.thumbnail((max_side, max_side))
-    buf = io.BytesIO()
-    pic.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return thumbnail_data_url(image[0].detach().float().cpu().numpy(), max_side, kind="png")
 
 
 def publish(run_id: str, data: dict) -> None:
@@ -105,6 +97,7 @@ def describe_embedding(path: str, name: str) -> dict:
     computed once per (path, size, mtime) and cached; errors become an `error` field."""
     from .tokensmith.formats import read_header
     from .tokensmith.hashing import file_hashes
+    from .tokensmith.modelspec import thumbnail_of
 
     try:
         st = os.stat(path)
@@ -122,6 +115,7 @@ def describe_embedding(path: str, name: str) -> dict:
             "encoders": header.get("encoders", {}),
             "step": header.get("step"),
             "vectors": next(iter(header.get("encoders", {}).values()), [None])[0],
+            "thumbnail": thumbnail_of(header.get("metadata") or {}),
         })
         hashes = file_hashes(path)
         info.update({"hash": hashes["autov2"], "sha256": hashes["sha256"]})

@@ -30,6 +30,7 @@ from .tokensmith.embedding import Embedding
 from .tokensmith.errors import EmbeddingFileError, FamilyMismatchError, TrainingError
 from .tokensmith.formats import read_embedding
 from .tokensmith.history import TrainingHistory
+from .tokensmith.modelspec import THUMBNAIL_KEY, thumbnail_data_url
 from .tokensmith.names import safe_join, validate_name
 from .tokensmith.objective import Objective
 from .tokensmith.run_state import read_run_state, write_run_state
@@ -400,14 +401,16 @@ class Trainer:
 
     # ---------------------------------------------------------------- saving
 
-    def _embedding(self, vectors: dict[str, torch.Tensor], step: int, name: str) -> Embedding:
+    def _embedding(self, vectors: dict[str, torch.Tensor], step: int, name: str, preview=None) -> Embedding:
         meta = {**self.cfg.to_metadata(), "tokensmith.family": self.family, "tokensmith.prediction": self.prediction,
                 "tokensmith.comfyui": adapter.host_version()}
+        if preview is not None:  # the last preview, as the spec's thumbnail inside the file
+            meta[THUMBNAIL_KEY] = thumbnail_data_url(preview[0].detach().float().cpu().numpy())
         vecs = {k: v.detach().float().cpu().clone() for k, v in vectors.items()}
         return Embedding(vecs, name=name, metadata=meta, source_format="tokensmith", step=step)
 
-    def _save(self, vectors, step: int, name: str) -> str:
-        emb = self._embedding(vectors, step, name)
+    def _save(self, vectors, step: int, name: str, preview=None) -> str:
+        emb = self._embedding(vectors, step, name, preview)
         path = save_embedding(emb, adapter.primary_embedding_folder(), name, overwrite=True if name != self.cfg.name
                               else (self.overwrite or self.resume_name == self.cfg.name),
                               extra_metadata={"step": str(step)})
@@ -578,11 +581,12 @@ class Trainer:
         final, best_step = run.params, run.step
         if run.stopper is not None and run.stopper.best_vectors is not None:
             final, best_step = run.stopper.best_vectors, run.stopper.best_step
-        path = self._save(final, run.step, self.cfg.name)
+        preview = s.preview(final) if self.cfg.preview_every else None
+        if preview is not None:
+            run.previews.append(preview)
+        path = self._save(final, run.step, self.cfg.name, preview)
         run.history.event(run.step, "saved", name=self.cfg.name, best_step=best_step)
-        if self.cfg.preview_every:
-            run.previews.append(s.preview(final))
-        emb = self._embedding(final, run.step, self.cfg.name)
+        emb = self._embedding(final, run.step, self.cfg.name, preview)
         reason = run.stopper.reason if run.stopped_early else None
         return TrainResult(emb, run.history, path, run.previews, best_step, run.stopped_early,
                            run.step - run.start_step, reason)

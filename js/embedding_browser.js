@@ -58,6 +58,8 @@ function itemView(item, onPick) {
         if (e.key === "Enter") onPick(item);
       },
     },
+    // the preview saved inside the file (modelspec.thumbnail); the server passes only image data URLs
+    item.thumbnail ? el("img", { className: "ts-thumb", src: item.thumbnail, alt: "", title: "the file's preview" }) : null,
     el("div", { className: "ts-name" }, item.name, el("span", { className: `ts-badge ${family}` }, familyLabel(item.family))),
     el("div", { className: "ts-meta" }, meta),
     item.error ? el("div", { className: "ts-error" }, item.error) : null,

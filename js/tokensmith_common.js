@@ -162,6 +162,7 @@ export function addStyles() {
 .tokensmith-item { padding:6px 8px; border-radius:6px; cursor:pointer; border:1px solid transparent;
   background: var(--comfy-menu-secondary-bg, rgba(255,255,255,0.04)); }
 .tokensmith-item:hover, .tokensmith-item.active { border-color: var(--p-primary-color, #5b8def); }
+.tokensmith-item .ts-thumb { float:right; width:48px; height:48px; object-fit:cover; border-radius:4px; margin-left:6px; }
 .tokensmith-item .ts-name { font-weight:600; word-break:break-all; }
 .tokensmith-item .ts-meta { opacity:0.75; font-size:12px; display:flex; flex-wrap:wrap; gap:2px 10px; margin-top:2px; }
 .tokensmith-item .ts-error { color:#e57373; font-size:12px; }

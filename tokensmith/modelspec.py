@@ -4,8 +4,12 @@ metadata, and the base checkpoint in kohya's keys. Pure: no ComfyUI."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
+
+import numpy as np
 
 from .hashing import sha256_file
 
@@ -14,6 +18,10 @@ TRIGGER_KEY = "tokensmith.trigger_word"
 NOTES_KEY = "tokensmith.notes"
 BASE_KEY = "tokensmith.base_checkpoint"
 BASE_SHA256_KEY = "tokensmith.base_checkpoint_sha256"
+# the spec's preview picture, a data URL inside the header: the file stays one safetensors file, and
+# tools that read the spec (model browsers, SwarmUI) show it where A1111 would look for NAME.preview.png
+THUMBNAIL_KEY = "modelspec.thumbnail"
+THUMBNAIL_SIDE = 256
 
 _STABILITY = "https://github.com/Stability-AI/generative-models"
 # family -> (the spec's architecture id of the model the vectors are for, implementation, resolution)
@@ -112,3 +120,22 @@ def checkpoint_sha256(path: str) -> str:
     if key not in _HASHES:
         _HASHES[key] = sha256_file(path)
     return _HASHES[key]
+
+
+def thumbnail_data_url(pixels, max_side: int = THUMBNAIL_SIDE, kind: str = "jpeg") -> str:
+    """A picture ([H, W, 3] in 0..1, a numpy array or anything numpy reads) as a small data URL:
+    scaled to at most max_side pixels a side, as JPEG (the spec's thumbnail) or PNG (lossless)."""
+    from PIL import Image
+
+    arr = (np.clip(np.asarray(pixels, dtype=np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    picture = Image.fromarray(arr)
+    picture.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    picture.save(buf, format="JPEG" if kind == "jpeg" else "PNG", quality=85)
+    return f"data:image/{kind};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def thumbnail_of(meta: dict[str, str]) -> str | None:
+    """The file's spec thumbnail when it is a picture's data URL (anything else is not shown)."""
+    value = meta.get(THUMBNAIL_KEY) or ""
+    return value if value.startswith(("data:image/jpeg;base64,", "data:image/png;base64,")) else None

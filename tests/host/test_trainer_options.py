@@ -582,6 +582,41 @@ def test_preview_prompt_and_seed_decide_the_preview(pack, sd1):
     assert not torch.equal(a, other)
 
 
+def test_the_last_preview_is_saved_inside_the_file_and_listed(pack, sd1, embeddings_dir):
+    """With previews on, the saved file's header carries the final preview as the model spec's
+    thumbnail (a JPEG data URL of that picture), the embedding listing passes it to the browser, and
+    the Embedding the node outputs carries it for Save Embedding; without previews there is none."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from safetensors import safe_open
+
+    result = train(pack, sd1, name="thumb-check", steps=1, preview_every=1, preview_steps=2)
+    with safe_open(result.path, framework="pt") as f:
+        url = f.metadata()["modelspec.thumbnail"]
+    assert url.startswith("data:image/jpeg;base64,")
+    picture = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")) / 255
+    final = result.previews[-1][0].float().numpy()
+    assert picture.shape == final.shape
+
+    def blocks(a):  # 8 x 8 means: JPEG keeps these, while it drops a noisy preview's finest grain
+        return a.reshape(a.shape[0] // 8, 8, a.shape[1] // 8, 8, 3).mean(axis=(1, 3))
+
+    error = np.abs(blocks(picture) - blocks(final)).mean()
+    assert error < 0.03, error  # the same picture
+    assert error < 0.25 * np.abs(blocks(picture) - blocks(final[::-1, ::-1])).mean()  # not any picture
+    assert result.embedding.metadata["modelspec.thumbnail"] == url
+    listed = pack("server_routes").describe_embedding(result.path, "thumb-check")
+    assert listed["thumbnail"] == url
+
+    plain = train(pack, sd1, name="thumb-none", steps=1)
+    with safe_open(plain.path, framework="pt") as f:
+        assert "modelspec.thumbnail" not in f.metadata()
+    assert pack("server_routes").describe_embedding(plain.path, "thumb-none")["thumbnail"] is None
+
+
 # ----------------------------------------------------------------------------- SD2: v-prediction
 
 
