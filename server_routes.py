@@ -13,6 +13,7 @@ Events: `tokensmith.train` with {node, run, step, total, loss, val_loss, lr, nor
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -60,8 +61,21 @@ def preview_to_data_url(image, max_side: int = 256) -> str:
     return thumbnail_data_url(image[0].detach().float().cpu().numpy(), max_side, kind="png")
 
 
+def json_safe(value):
+    """The value with every NaN or infinite number replaced by None: JSON has no such numbers, and a
+    browser's JSON.parse rejects the whole message that holds one (a rolled-back step's loss)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def publish(run_id: str, data: dict) -> None:
     """Record an event for the run (previews are kept only as the newest one) and send it to clients."""
+    data = json_safe(data)
     with _lock:
         run = _runs.get(run_id)
         if run is not None:

@@ -240,26 +240,39 @@ def test_reload_mid_run_then_cancel(page, training_run, artifacts):
     assert "cancelled at step" in state["text"]
 
 
-def test_rollback_and_early_stop_show_on_the_chart(page, training_run, artifacts):
-    open_template(page, NEGATIVE)
-    # replay the server's event shapes through the front end's own event dispatcher
-    node_id = page.evaluate("() => window.app.graph._nodes.find((n) => n.type === 'TokenSmithTrainEmbedding').id")
-    events = [{"step": s, "total": 30, "loss": 0.5 / s + 0.05 * (s % 3), "val_loss": None, "lr": 5e-3 * (1 - s / 40),
-               "norms": {"clip_l": 0.4 + s / 100}, "eta_s": 30 - s} for s in range(1, 21)]
-    events[6]["event"] = {"step": 7, "kind": "rollback", "lr_factor": 0.5}
-    for s in (5, 10, 15, 20):
-        events[s - 1]["val_loss"] = 0.3 / s + 0.02
-    events[19]["event"] = {"step": 20, "kind": "early_stop", "best_step": 15}
-    page.evaluate("""([node, events]) => {
-      const api = window.comfyAPI.api.api;
-      const base = { run: 'synthetic', node: String(node), name: 'tokensmith-negative' };
-      for (const e of events) api.dispatchCustomEvent('tokensmith.train', { ...base, ...e });
-      api.dispatchCustomEvent('tokensmith.train', { ...base, event: { kind: 'early_stop' }, finished: true });
-    }""", [node_id, events])
-    state = wait_until(lambda: (s := live_state(page)) and s["status"] == "early_stop" and s, 10, "early stop")
-    assert "rolled back" in state["text"] and "stopped early" in state["text"] and "kept step 15" in state["text"]
+def test_a_real_rollback_shows_on_the_chart(page, browser_server, artifacts):
+    """Not replayed events: one of the latents fed to the trainer (core's Load Latent, from a file in
+    input/) overflows the loss, so the step that draws it gives a non-finite loss; the server rolls it
+    back, the run goes on to its end, and the chart marks the rollback."""
+    import safetensors.torch
+    import torch
+
+    latents = torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    latents[-1] = 3e38  # a broken picture: its loss overflows
+    # the version key tells Load Latent that the values are stored as they are (no rescaling)
+    safetensors.torch.save_file({"latent_tensor": latents, "latent_format_version_0": torch.tensor([])},
+                                str(browser_server.base / "input" / "corrupt.latent"))
+    api = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
+        "2": {"class_type": "LoadLatent", "inputs": {"latent": "corrupt.latent"}},
+        "3": {"class_type": "TokenSmithTrainEmbedding", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "latents": ["2", 0], "name": "tokensmith-rollback",
+            "init_text": "*", "num_vectors": 1, "template": "object", "steps": 12, "learning_rate": "5e-3",
+            "batch_size": 1, "seed": 3, "overwrite": True, "validate_every": 0, "preview_every": 0}},
+    }
+    page.evaluate("() => window.app.extensionManager.command.execute('Comfy.RefreshNodeDefinitions')")
+    page.wait_for_timeout(1000)
+    page.evaluate("(api) => window.app.loadApiJson(api, 'rollback')", api)
+    wait_until(lambda: page.evaluate("() => window.app.graph._nodes.length === 3"), 20, "the graph to load")
+    event = queue_and_wait(page, 600)
+    assert event["type"] == "execution_success", json.dumps(event)[:2000]
+    state = wait_until(lambda: (s := live_state(page)) and s["status"] == "finished" and s, 60, "the run's end")
+    assert "rolled back" in state["text"], state["text"]
+    runs = [r for r in browser_server.get("/tokensmith/runs") if r["name"] == "tokensmith-rollback"]
+    kinds = [e["event"]["kind"] for e in runs[-1]["events"] if e.get("event")]
+    assert "rollback" in kinds and max(e.get("step", 0) for e in runs[-1]["events"]) == 12, kinds
     focus_node(page, "TokenSmithTrainEmbedding", zoom=1.1, bottom=True)
-    page.screenshot(path=str(artifacts / "live-chart-events.png"))
+    page.screenshot(path=str(artifacts / "live-chart-rollback.png"))
 
 
 def test_a_real_early_stop_shows_on_the_chart(page, browser_server):
@@ -394,6 +407,10 @@ def test_embedding_browser_lists_and_inserts(page, training_run, artifacts):
     item = panel.locator(f'.tokensmith-item[data-name="{RING}"]')
     item.wait_for(timeout=10_000)
     assert "SD1" in item.inner_text() and "L 2×768" in item.inner_text()
+    # the training run had previews on: its last one is inside the file and shows as a picture
+    thumb = item.locator("img.ts-thumb")
+    thumb.wait_for(timeout=10_000)
+    assert thumb.evaluate("(img) => img.complete && img.naturalWidth > 0 && img.src.startsWith('data:image/jpeg')")
     page.screenshot(path=str(artifacts / "embedding-browser.png"))
     item.click()
     value = page.evaluate("""() => window.app.graph._nodes.find((n) => n.type === 'CLIPTextEncode' &&

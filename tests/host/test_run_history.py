@@ -30,3 +30,21 @@ def test_run_history_caps(pack):
     steps = [e["step"] for e in events if "step" in e]
     assert steps == sorted(steps) and steps[-1] == total  # thinned, still in order, the newest kept
     assert len(before) <= routes.MAX_RUNS
+
+
+def test_a_rolled_back_step_is_published_as_valid_json(pack):
+    """A rollback's report carries the non-finite loss that caused it: JSON has no NaN, and a browser's
+    JSON.parse rejects the whole message, so the event would never reach the chart. Every non-finite
+    number goes out as null; finite ones are kept as they are."""
+    import json
+    import math
+
+    routes = pack("server_routes")
+    routes.start_run("nan-test", "1", 10, "nan-run")
+    routes.publish("nan-test", {"step": 3, "total": 10, "loss": math.nan, "lr": 5e-3, "norms": {"clip_l": math.inf},
+                                "event": {"kind": "rollback", "step": 3, "lr_factor": 0.5}, "history": [1.0, -math.inf]})
+    run = next(r for r in routes.runs_snapshot() if r["run"] == "nan-test")
+    text = json.dumps(run["events"], allow_nan=False)  # raises on NaN / Infinity
+    event = json.loads(text)[-1]
+    assert event["loss"] is None and event["norms"] == {"clip_l": None} and event["history"] == [1.0, None]
+    assert event["lr"] == 5e-3 and event["event"] == {"kind": "rollback", "step": 3, "lr_factor": 0.5}
