@@ -376,7 +376,7 @@ class Trainer:
 
     def _stopper(self) -> EarlyStopper | None:
         """The stop rules asked for (patience, plateau), or None when the run takes all its steps."""
-        window = self.cfg.plateau_window if self.cfg.stop_rule == "plateau" else 0
+        window = self.cfg.plateau_window if self.cfg.stops_at_plateau else 0
         if not self.cfg.early_stop_patience and not window:
             return None
         return EarlyStopper(self.cfg.early_stop_patience, plateau_window=window,

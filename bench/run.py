@@ -9,7 +9,8 @@ Parts (each module's docstring explains its method):
           and ComfyUI's configured floor (comfy_floor_ratio).
 - memory  bench.memory: peak resident memory of training and of the floor, each in its own process,
           against the model's size; the TI state for 8 vectors.
-- concept bench.concept: steps and seconds to a learned concept, TokenSmith's defaults against A1111's.
+- concept bench.concept: steps, seconds and UNet passes to a learned concept, TokenSmith's defaults against
+  A1111's and diffusers' settings, and where "train until learned" stops.
 - files   bench.files: listing, nearest-token inspection and merge expressions per second.
 
 The result file holds {"run": facts about this run, "cases": [one object per case]}; the table
@@ -131,30 +132,25 @@ def print_table(cases: list[dict], run: dict) -> None:
                   f"{num('comfy_floor_ratio', '{:.2f}'):>6} {_ms(c.get('validation_s')):>7}"
                   f" {num('peak_rss_mb'):>8} {num('floor_peak_rss_mb'):>9} {num('train_growth_mb'):>7}"
                   f" {num('floor_growth_mb'):>7} {num('model_mb'):>9} {num('ti_state_bytes', '{:.0f} B'):>9}")
-    concept = [c for c in cases if c.get("case", "").startswith("concept-") and "setting" in c]
+    concept = [c for c in cases if c.get("case") == "concept"]
     if concept:
-        print("\nTime to a learned concept (90% of the validation-loss gap closed)")
-        print(f"{'setting':<11} {'steps':>6} {'seconds':>8} {'to best':>8} {'ES ran':>7} {'ES kept':>8} {'ES closed':>10} "
-              f"{'lr':>6} {'shape':>9} {'clip':>5}")
+        print("\nTime to a learned concept (95% of the init -> best validation-loss gap closed)")
+        print(f"{'setting':<11} {'seed':>4} {'steps':>6} {'seconds':>8} {'UNet passes':>11} {'auto stop':>9} "
+              f"{'kept':>5} {'quality':>8}")
         for c in concept:
-            secs = c.get("seconds_to_90")
-            cap = '>' + str(c['fine_steps_cap'])
-            to_best = c.get("steps_to_90_of_best")
-            print(f"{c['setting']:<11} {c['steps_to_90'] if c['steps_to_90'] is not None else cap:>6} "
-                  f"{'-' if secs is None else f'{secs:.1f}':>8} {to_best if to_best is not None else cap:>8} "
-                  f"{c['steps_run_with_early_stop']:>7} "
-                  f"{c['early_stop_best_step']:>8} {c['early_stop_closed']:>10.2f} {c['learning_rate']:>6} "
-                  f"{c['lr_shape']:>9} {c['clip_mode']:>5}")
+            def cell(key, fmt="{}", row=c):
+                return "-" if row.get(key) is None else fmt.format(row[key])
+            print(f"{c['setting']:<11} {c['seed']:>4} {cell('steps_to_95'):>6} {cell('seconds_to_95', '{:.1f}'):>8} "
+                  f"{cell('unet_passes_to_95'):>11} {cell('stop_step'):>9} {cell('kept_step'):>5} "
+                  f"{cell('quality_at_stop', '{:.3f}'):>8}")
         summary = next((c for c in cases if c.get("case") == "concept-summary"), None)
         if summary:
-            speed = summary.get("speedup_steps", summary.get("speedup_steps_at_least"))
-            print(f"A1111 steps / TokenSmith steps to 90%: {speed if speed is None else round(speed, 2)} "
-                  f"(goal >= 2: {'met' if summary.get('goal_2x_fewer_steps') else 'not met'})")
-            speed = summary.get("speedup_steps_to_best_mean")
-            print(f"... to 90% of the way to the best loss any run reached, mean over seeds {summary.get('seeds')}: "
-                  f"{speed if speed is None else round(speed, 2)} (steps by seed: "
-                  f"{summary.get('steps_to_90_of_best_by_seed')}; goal >= 2: "
-                  f"{'met' if summary.get('goal_2x_fewer_steps_to_best') else 'not met'})")
+            speed = summary.get("speedup_vs_a1111")
+            print(f"A1111 seconds / TokenSmith seconds to 95%, mean over seeds: "
+                  f"{speed if speed is None else round(speed, 2)} (goal >= 2: "
+                  f"{'met' if summary.get('goal_2x_vs_a1111') else 'not met'}); auto stops after 95% in every "
+                  f"seed: {summary.get('auto_stops_after_95_every_seed')}, within 1.5x: "
+                  f"{summary.get('auto_within_1_5x_every_seed')}")
     files = [c for c in cases if c.get("case", "").startswith("files-")]
     if files:
         print("\nFiles")
@@ -236,8 +232,8 @@ def main(argv=None) -> int:
                                              < row["floor_growth_mb"] + 0.5 * row["model_mb"])
                 row["ti_state_under_1mb"] = row["ti_state_bytes"] < 2**20
     if "concept" in parts:
-        concept_args = (["--max-fine", "20", "--user-cap", "40", "--extra-seeds", ""] if args.quick
-                        else ["--max-fine", "120", "--user-cap", "200"])
+        concept_args = (["--seeds", "0", "--cap", "30", "--no-real-check"] if args.quick
+                        else ["--seeds", "0,1,2", "--cap", "150"])
         data, wall, err = _child("concept", concept_args, args.threads)
         note("concept", wall, err)
         results.extend(data if not err else [{"case": "concept", "error": err}])

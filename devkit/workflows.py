@@ -62,12 +62,16 @@ class Example:
 
 
 def _train_inputs(name: str, template: str, init_text: str, steps: int, preview_prompt: str, **extra) -> dict:
+    """The examples' trainer: the node's own defaults (one set, tokensmith.train_config) with previews on."""
+    from tokensmith.train_config import TrainConfig
+
+    defaults = TrainConfig()
     return {
         "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "images": ["2", 0], "captions": ["2", 1],
-        "name": name, "init_text": init_text, "num_vectors": 4, "template": template, "steps": steps,
-        "learning_rate": "5e-3", "batch_size": 1, "seed": 0, "overwrite": True,
-        "validate_every": 25, "early_stop_patience": 8, "preview_every": 100, "preview_prompt": preview_prompt,
-        **extra,
+        "name": name, "init_text": init_text, "num_vectors": defaults.num_vectors, "template": template,
+        "steps": steps, "learning_rate": defaults.learning_rate, "batch_size": defaults.batch_size, "seed": 0,
+        "overwrite": True, "validate_every": defaults.validate_every, "early_stop_patience": defaults.early_stop_patience,
+        "stop_rule": defaults.stop_rule, "preview_every": 100, "preview_prompt": preview_prompt, **extra,
     }
 
 
@@ -94,7 +98,7 @@ def examples() -> list[Example]:
             # the pack's own loader: phone photos upright (EXIF), captions by name, size warnings
             "2": {"class_type": "TokenSmithLoadTrainingPictures", "inputs": {"folder": DEMO_FOLDER}},
             "3": {"class_type": "TokenSmithTrainEmbedding", "inputs": _train_inputs(
-                "tokensmith-ring", "object", "ring", 600, "a photo of [name] on a table", captions=["2", 2])},
+                "tokensmith-ring", "object", "ring", 500, "a photo of [name] on a table", captions=["2", 2])},
             "4": {"class_type": "TokenSmithLossGraph", "inputs": {"loss": ["3", 2], "width": 768, "height": 512}},
             "5": {"class_type": "StringConcatenate", "inputs": {
                 "string_a": ["3", 1], "string_b": "on a wooden table, sharp focus", "delimiter": ", "}},
@@ -122,7 +126,7 @@ def examples() -> list[Example]:
             "1": ckpt,
             "2": {"class_type": "LoadImageTextDataSetFromFolder", "inputs": {"folder": NEGATIVE_FOLDER}},
             "3": {"class_type": "TokenSmithTrainEmbedding", "inputs": _train_inputs(
-                "tokensmith-negative", "negative", "blurry lowres", 400, "[name]")},
+                "tokensmith-negative", "negative", "blurry lowres", 500, "[name]")},
             "4": {"class_type": "TokenSmithLossGraph", "inputs": {"loss": ["3", 2], "width": 768, "height": 512}},
             "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of a red ring on a table, sharp focus",
                                                              "clip": ["1", 1]}},
@@ -185,10 +189,6 @@ def examples() -> list[Example]:
     return [train, negative, merge, convert, *_more_examples(ckpt)]
 
 
-# The node's default learning rate (tokensmith.train_config) for the examples below, with its 500 steps.
-_DEFAULT_RUN = {"learning_rate": "5e-3 -> 5e-4"}
-
-
 def _use_prompt(first_id: int, prompt, before: str, after: str) -> dict:
     """Concatenate 'BEFORE embedding:NAME AFTER' (the trainer's prompt output, so it runs after training)
     -> CLIP Text Encode; and the negative prompt."""
@@ -212,8 +212,7 @@ def _more_examples(ckpt: dict) -> list[Example]:
         {
             "1": ckpt, "2": dataset,
             "3": {"class_type": "TokenSmithTrainEmbedding", "inputs": _train_inputs(
-                "tokensmith-style", "style", "painting", 500, "a lighthouse on a cliff, in the style of [name]",
-                **_DEFAULT_RUN)},
+                "tokensmith-style", "style", "painting", 500, "a lighthouse on a cliff, in the style of [name]")},
             "4": loss,
             **_use_prompt(5, ["3", 1], "a lighthouse on a cliff, in the style of", "sharp focus"),
             **_sampler(["7", 0], ["8", 0], "tokensmith/style", 9),
@@ -234,7 +233,7 @@ def _more_examples(ckpt: dict) -> list[Example]:
             "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SDXL_NAME}},
             "2": dataset,
             "3": {"class_type": "TokenSmithTrainEmbedding", "inputs": {**_train_inputs(
-                "tokensmith-ring-sdxl", "object", "ring", 500, "a photo of [name] on a table", **_DEFAULT_RUN),
+                "tokensmith-ring-sdxl", "object", "ring", 500, "a photo of [name] on a table"),
                 "images": ["21", 0]}},
             "4": loss,
             **_use_prompt(5, ["3", 1], "a photo of", "on a wooden table, sharp focus"),
@@ -277,7 +276,7 @@ def _more_examples(ckpt: dict) -> list[Example]:
         {
             "1": ckpt, "2": dataset,
             "3": {"class_type": "TokenSmithTrainEmbedding", "inputs": {**_train_inputs(
-                "tokensmith-ring-masked", "object", "ring", 500, "a photo of [name] on a table", **_DEFAULT_RUN),
+                "tokensmith-ring-masked", "object", "ring", 500, "a photo of [name] on a table"),
                 "masks": ["22", 0]}},
             "4": loss,
             **_use_prompt(5, ["3", 1], "a photo of", "on a wooden table, sharp focus"),
@@ -309,7 +308,7 @@ def _sd3_example(dataset: dict, loss: dict, demo_files: str) -> Example:
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD35M_NAME}},
         "2": dataset,
         "3": {"class_type": "TokenSmithTrainEmbedding", "inputs": {**_train_inputs(
-            "tokensmith-ring-sd3", "object", "ring", 500, "a photo of [name] on a table", **_DEFAULT_RUN),
+            "tokensmith-ring-sd3", "object", "ring", 500, "a photo of [name] on a table"),
             "images": ["21", 0]}},
         "4": loss,
         **_use_prompt(5, ["3", 1], "a photo of", "on a wooden table, sharp focus"),
@@ -377,7 +376,7 @@ def _compare_example(ckpt: dict, dataset: dict) -> Example:
         "1": ckpt, "2": dataset,
         "3": {"class_type": "TokenSmithTrainEmbedding", "inputs": _train_inputs(
             name, "object", "ring", COMPARE_STEPS[-1], "a photo of [name] on a table",
-            learning_rate="5e-3 -> 5e-4", early_stop_patience=0, save_every=COMPARE_STEPS[0])},
+            stop_rule="steps", save_every=COMPARE_STEPS[0])},
         "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry, low quality", "clip": ["1", 1]}},
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
     }

@@ -123,6 +123,8 @@ def _notes(trainer: Trainer, config: TrainConfig, run_id: str) -> list[str]:
         log.warning("TokenSmith %s: %s", config.name, warning)
         server_routes.publish(run_id, {"step": 0, "event": {"kind": "warning", "step": 0, "text": warning}})
         notes.append(warning)
+    if config.stop_rule_note():  # validation was turned off on purpose: the console only
+        log.info("TokenSmith %s: %s", config.name, config.stop_rule_note())
     buckets = trainer.data.report()
     if buckets:
         log.info("TokenSmith %s: %s", config.name, buckets)
@@ -312,16 +314,16 @@ class TrainEmbedding(io.ComfyNode):
                 io.String.Input("preview_negative", **ADV, optional=True, default=_DEFAULTS.preview_negative,
                                 tooltip="Negative prompt of the preview pictures (empty = none)."),
                 io.Combo.Input("stop_rule", **ADV, optional=True, options=list(STOP_RULES), default=_DEFAULTS.stop_rule,
-                               tooltip="steps: train all the steps. plateau: train until learned, stopping when the "
-                                       "validation loss levels off (steps is then the most it trains); the saved "
-                                       "file holds the best validation's vectors. Needs validate_every above 0."),
+                               tooltip="plateau: train until learned, stopping when the validation loss levels "
+                                       "off (steps is then the most it trains); the saved file holds the best "
+                                       "validation's vectors. Needs validate_every above 0. steps: train all the steps."),
                 io.Int.Input("plateau_window", **ADV, optional=True, default=_DEFAULTS.plateau_window, min=1, max=100,
                              tooltip="For stop_rule=plateau: how many validations each of the two compared windows "
                                      "holds. Larger waits longer and is surer."),
                 io.Float.Input("plateau_threshold", **ADV, optional=True, default=_DEFAULTS.plateau_threshold, min=0.0,
                                max=0.5, step=0.001,
                                tooltip="For stop_rule=plateau: stop when the last window's mean validation loss is "
-                                       "at most this share below the window before it (0.01 = 1%)."),
+                                       "at most this share below the window before it (0.005 = 0.5%)."),
             ],
             outputs=[
                 Embedding.Output("embedding", tooltip="The trained vectors (already saved), for Save, Inspect or Merge."),

@@ -50,9 +50,11 @@ class TrainConfig:
     validation_samples: int = 8
     validation_split: float = 0.0  # share of the pictures kept out of training to validate on; 0 = none
     early_stop_patience: int = 0  # validations without improvement before stopping; 0 = never stop early
-    stop_rule: str = "steps"
+    # train until learned: stop when the validation loss levels off, steps being the cap (the rule's
+    # window and threshold were chosen with bench.concept: docs/performance.md)
+    stop_rule: str = "plateau"
     plateau_window: int = 4  # validations per window of the plateau rule (tokensmith.stopping)
-    plateau_threshold: float = 0.01  # stop when a window's mean is at most this share below the one before
+    plateau_threshold: float = 0.005  # stop when a window's mean is at most this share below the one before
     save_every: int = 0
     preview_every: int = 0
     preview_prompt: str = "a photo of [name]"
@@ -92,9 +94,6 @@ class TrainConfig:
             raise TrainingError("validate_every, save_every, preview_every and early_stop_patience cannot be negative")
         if self.early_stop_patience and not self.validate_every:
             raise TrainingError("early stopping needs validation: set validate_every above 0")
-        if self.stop_rule == "plateau" and not self.validate_every:
-            raise TrainingError("stop_rule 'plateau' watches the validation loss: set validate_every above 0, or "
-                                "stop_rule to 'steps'")
         if not 1 <= self.plateau_window <= 100:
             raise TrainingError(f"plateau_window must be 1..100 validations, got {self.plateau_window}")
         if self.resolution != 0 and not 64 <= self.resolution <= 4096:
@@ -112,6 +111,18 @@ class TrainConfig:
         if self.validation_split and not self.validate_every:
             raise TrainingError("validation_split keeps pictures out of training for validation: set validate_every "
                                 "above 0, or validation_split to 0")
+
+    @property
+    def stops_at_plateau(self) -> bool:
+        """The plateau rule watches the validation loss, so it is on only with validation."""
+        return self.stop_rule == "plateau" and self.validate_every > 0
+
+    def stop_rule_note(self) -> str | None:
+        """What to tell the user when the stop rule asked for cannot work."""
+        if self.stop_rule == "plateau" and not self.validate_every:
+            return ("stop_rule 'plateau' watches the validation loss, which validate_every 0 turns off: this run "
+                    "takes all its steps (set validate_every above 0 to train until learned)")
+        return None
 
     def schedule_shape(self) -> str:
         """The schedule shape to parse learning_rate with ('auto' resolved from the text)."""

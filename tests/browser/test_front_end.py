@@ -409,7 +409,7 @@ def test_embedding_browser_lists_and_inserts(page, training_run, artifacts):
     assert "SD1" in item.inner_text() and "L 2×768" in item.inner_text()
     # the training run had previews on: its last one is inside the file and shows as a picture
     thumb = item.locator("img.ts-thumb")
-    thumb.wait_for(timeout=10_000)
+    assert thumb.count() == 1, item.evaluate("(row) => row.outerHTML.slice(0, 600)")
     assert thumb.evaluate("(img) => img.complete && img.naturalWidth > 0 && img.src.startsWith('data:image/jpeg')")
     page.screenshot(path=str(artifacts / "embedding-browser.png"))
     item.click()

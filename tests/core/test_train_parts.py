@@ -30,7 +30,6 @@ def test_auto_shape_follows_the_text(spec, shape):
     ({"steps": 0}, "at least 1"), ({"num_vectors": 0}, "num_vectors"), ({"num_vectors": 76}, "num_vectors"),
     ({"precision": "fp8"}, "precision"), ({"tag_dropout": 1.0}, "tag_dropout"),
     ({"early_stop_patience": 3, "validate_every": 0}, "validation"), ({"clip_value": float("nan")}, "clip_value"),
-    ({"stop_rule": "plateau", "validate_every": 0}, "stop_rule 'plateau' watches the validation loss"),
     ({"stop_rule": "auto"}, "stop_rule must be one of"), ({"plateau_window": 0}, "plateau_window must be 1..100"),
     ({"plateau_threshold": -0.1}, "plateau_threshold must be a finite number"),
 ])
@@ -97,3 +96,11 @@ def test_validation_split_and_preview_settings_are_checked():
         TrainConfig(preview_steps=0).validate()
     with pytest.raises(TrainingError, match="preview_cfg must be"):
         TrainConfig(preview_cfg=float("nan")).validate()
+
+
+def test_plateau_without_validation_takes_all_steps_and_says_so():
+    plain = TrainConfig(validate_every=0).validate()
+    assert plain.stop_rule == "plateau" and not plain.stops_at_plateau
+    assert "takes all its steps" in plain.stop_rule_note()
+    assert TrainConfig().stops_at_plateau and TrainConfig().stop_rule_note() is None
+    assert TrainConfig(stop_rule="steps", validate_every=0).stop_rule_note() is None
