@@ -1,14 +1,20 @@
-"""`make demo`: train an embedding end to end in a real, headless ComfyUI and show what came out.
+"""`make demo`: train an embedding end to end in a real, headless ComfyUI and show what it learned.
 
-    make demo                                   # the small SD1.5-architecture checkpoint (random weights)
+    make demo                                   # the mini-world checkpoint, pre-trained here
     make demo ARGS="--checkpoint /path/to/model.safetensors --size 512 --steps 1500"
     COMFYUI_PATH=/path/to/ComfyUI make demo ARGS="--checkpoint v1-5-pruned-emaonly.safetensors"
 
 Steps: start ComfyUI on a free loopback port with the pack (base folder .demo/), put a checkpoint in
-.demo/models/checkpoints (yours, or the generated one), write the demo pictures into
-.demo/input/tokensmith_demo, queue the example workflow "Train an embedding from images" through the
-HTTP API with a progress bar fed by the websocket, then print the saved embedding's inspect report
-and copy the preview images to .demo/previews/.
+.demo/models/checkpoints, write the training pictures into .demo/input/tokensmith_demo, queue the
+example workflow "Train an embedding from images" through the HTTP API with a progress bar fed by
+the websocket, then print the saved embedding's inspect report and copy the pictures to .demo/previews/.
+
+By default the checkpoint is the mini-world (devkit/miniworld: a small SD1.5 checkpoint pre-trained
+on this machine, once, to draw coloured shapes from captions) and the pictures are a concept it has
+no word for (a yellow ring with a purple star inside). After training, the same seeds are sampled
+with the embedding in the prompt and without it; .demo/side_by_side.png shows the training pictures
+and both rows, and .demo/result.json holds the validation loss at the start and end and how far each
+row is from the training pictures.
 """
 
 from __future__ import annotations
@@ -58,10 +64,14 @@ def write_negative_dataset(folder: Path, count: int = 6, size: int = 64, seed: i
     return folder
 
 
-def find_checkpoint(arg: str | None, base: Path) -> tuple[Path, bool]:
-    """(checkpoint file, is it the generated random one). `arg` may be a path or a file name in the
-    ComfyUI host's models/checkpoints."""
-    from .make_checkpoint import ensure_checkpoint
+GENERATED = ("tokensmith-miniworld", "tokensmith-sd15-random")  # checkpoints this project makes
+
+
+def find_checkpoint(arg: str | None, world_build: str | None, base: Path) -> tuple[Path, bool]:
+    """(checkpoint file, is it the mini-world). `arg` may be a path or a file name in the ComfyUI
+    host's models/checkpoints; without it, a checkpoint of the user's in .demo/models/checkpoints, else
+    the mini-world (world_build, or the cached build, made first when missing)."""
+    from .miniworld import ensure_checkpoint
 
     if arg:
         path = Path(arg).expanduser()
@@ -73,14 +83,13 @@ def find_checkpoint(arg: str | None, base: Path) -> tuple[Path, bool]:
         return path.resolve(), False
     folder = base / "models" / "checkpoints"
     mine = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in CHECKPOINT_EXTENSIONS] if folder.is_dir() else []
-    generated = [p for p in mine if p.name.startswith("tokensmith-sd15-random")]
-    others = [p for p in mine if p not in generated]
+    others = [p for p in mine if not p.name.startswith(GENERATED)]
     if others:
         return others[0], False
-    if not generated:
-        say("No checkpoint in .demo/models/checkpoints: using the small SD1.5-architecture checkpoint that "
-            "this")
-        say("project generates (created once, ~400 MB, in .cache/checkpoints).")
+    if world_build:
+        return Path(world_build).resolve(), True
+    say("No checkpoint of yours in .demo/models/checkpoints: using the mini-world checkpoint (pre-trained on")
+    say("this machine the first time, a few minutes of CPU, then kept in .cache/miniworld).")
     return ensure_checkpoint(), True
 
 
@@ -98,15 +107,18 @@ def pick_threads() -> int | None:
     return max(1, min(cpus, round(cpus - load)))
 
 
-def link_checkpoint(path: Path, base: Path) -> str:
+def link_checkpoint(path: Path, base: Path, world: bool = False) -> str:
+    """The checkpoint in .demo/models/checkpoints (a link); a mini-world build under a name the next
+    run recognises as generated, not as the user's."""
     folder = base / "models" / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
-    link = folder / path.name
+    name = path.name if not world or path.name.startswith(GENERATED) else f"{GENERATED[0]}-{path.name}"
+    link = folder / name
     if link.resolve() != path.resolve():
         if link.is_symlink() or link.exists():
             link.unlink()
         os.symlink(path, link)
-    return path.name
+    return name
 
 
 class ProgressBar:
@@ -196,20 +208,102 @@ def copy_previews(entry: dict, base: Path, dest: Path) -> list[Path]:
     return copied
 
 
-def main(argv=None) -> int:
+def parse_args(argv):
     parser = argparse.ArgumentParser(prog="make demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="a checkpoint file (or a name in the host's models/checkpoints); "
-                                             "default: the generated SD1.5-architecture one (random weights)")
-    parser.add_argument("--steps", type=int, default=80, help="training steps (default 80)")
-    parser.add_argument("--size", type=int, default=64, help="picture size in pixels (default 64; 512 for a real model)")
-    parser.add_argument("--images", type=int, default=6, help="how many demo pictures (default 6)")
-    parser.add_argument("--name", default=DEMO_NAME, help="the embedding's name")
+                                             "default: the mini-world checkpoint")
+    parser.add_argument("--world-build", help="a mini-world build to use instead of the cached one "
+                                              "(python -m devkit.miniworld.pretrain PATH writes one)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"training steps (default {WORLD_STEPS} on the mini-world, {OWN_STEPS} otherwise)")
+    parser.add_argument("--size", type=int, default=64, help="picture size in pixels with your checkpoint "
+                                                              "(default 64; 512 for SD1.5); the mini-world is 64")
+    parser.add_argument("--images", type=int, default=8, help="how many training pictures (default 8)")
+    parser.add_argument("--name", default=None, help="the embedding's name")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds before giving up")
     args = parser.parse_args(argv)
     if args.size % 8:
         parser.error("--size must be a multiple of 8")
+    return args
 
+
+WORLD_STEPS, OWN_STEPS = 150, 80
+WORLD_NAME = "tokensmith-concept"
+
+
+def training_inputs(args, world: bool) -> dict:
+    """What the demo changes in the example's Train Embedding node."""
+    steps = args.steps
+    common = {"name": args.name, "steps": steps, "validate_every": max(5, steps // 10), "early_stop_patience": 0,
+              "preview_every": max(1, steps // 3), "overwrite": True}
+    if not world:
+        return common
+    from .miniworld import showcase
+
+    return {**common, "template": "custom", "custom_template": showcase.TEMPLATE, "num_vectors": 2,
+            "init_text": "*", "preview_prompt": showcase.PREVIEW, "preview_cfg": 5.0}
+
+
+def write_pictures(args, world: bool, base: Path) -> Path:
+    folder = base / "input" / DEMO_FOLDER
+    if world:
+        from .miniworld import showcase
+
+        return showcase.write_concept_folder(folder, count=args.images)
+    from .dataset import write_dataset
+
+    return write_dataset(folder, count=args.images, size=args.size)
+
+
+def train(server, ckpt_name: str, args, world: bool) -> dict:
+    api = ui_to_api(load_example(TRAIN), server.get("/object_info"))
+    api = set_inputs(api, "CheckpointLoaderSimple", ckpt_name=ckpt_name)
+    api = set_inputs(api, "TokenSmithTrainEmbedding", **training_inputs(args, world))
+    api = set_inputs(api, "EmptyLatentImage", width=args.size, height=args.size)
+    api = set_inputs(api, "KSampler", steps=12)
+    say(f"workflow   : example_workflows/{TRAIN}.json -> /prompt ({args.steps} steps, a preview every "
+        f"{training_inputs(args, world)['preview_every']})")
+    say("")
+    return asyncio.run(run_with_progress(server, api, args.timeout))
+
+
+def compare(server, ckpt_name: str, args, base: Path, folder: Path) -> dict:
+    """Sample the same seeds with and without the embedding; the side-by-side sheet and result.json."""
+    from PIL import Image
+
+    from .miniworld import showcase
+
+    with_prompt, without_prompt = showcase.prompts(args.name)
+    entry = server.wait(server.queue(showcase.compare_workflow(ckpt_name, with_prompt, without_prompt, args.size, 4)),
+                        timeout=args.timeout)
+    training = [Image.open(p).convert("RGB") for p in sorted(folder.glob("*.png"))]
+    state = base / "output" / "tokensmith_state" / f"{args.name}.state.safetensors"
+    result = showcase.measure(entry, base, training, showcase.validation_losses(state) if state.is_file() else [])
+    result.update({"prompt_with": with_prompt, "prompt_without": without_prompt})
+    sheet = showcase.side_by_side([("training pictures", training[:4]), (f"with\nembedding:{args.name}",
+                                   showcase.saved_images(entry, "10", base)),
+                                   ("without", showcase.saved_images(entry, "11", base))])
+    sheet.save(base / "side_by_side.png")
+    (base / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def report_comparison(result: dict) -> None:
+    w, wo = result["distance_with"], result["distance_without"]
+    say(f"with/without: '{result['prompt_with']}' against '{result['prompt_without']}', same seeds")
+    say("             distance to the training pictures (mean |pixel difference|, 0-255, lower is closer):")
+    say(f"             with the embedding {w:.1f}, without {wo:.1f}: "
+        + (f"{(1 - w / wo) * 100:.0f}% closer with it" if w < wo else "NOT closer with it"))
+    say(f"             share of the concept's colours (yellow, purple): training {result['concept_colours_training']:.2f}, "
+        f"with {result['concept_colours_with']:.2f}, without {result['concept_colours_without']:.2f}")
+    if result.get("val_loss_start") is not None:
+        say(f"             validation loss {result['val_loss_start']:.4f} -> {result['val_loss_end']:.4f}")
+    say("             pictures: .demo/side_by_side.png (training, with, without); figures: .demo/result.json")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     started = time.monotonic()
     import signal
 
@@ -221,20 +315,17 @@ def main(argv=None) -> int:
     base = DEMO_BASE
     for sub in ("models/checkpoints", "models/embeddings", "input", "output"):
         (base / sub).mkdir(parents=True, exist_ok=True)
-    checkpoint, generated = find_checkpoint(args.checkpoint, base)
-    ckpt_name = link_checkpoint(checkpoint, base)
-    if generated:
-        say("")
-        say("NOTE: this checkpoint has the real SD1.5 architecture but RANDOM weights. The demo shows the whole")
-        say("      pipeline (training, saving, using the embedding); its pictures are noise, not a ring.")
-        say('      For real results: make demo ARGS="--checkpoint /path/to/sd15-model.safetensors --size 512"')
-        say("      (or COMFYUI_PATH=/path/to/ComfyUI and --checkpoint NAME from its models/checkpoints).")
-        say("")
-    from .dataset import write_dataset
+    checkpoint, world = find_checkpoint(args.checkpoint, args.world_build, base)
+    ckpt_name = link_checkpoint(checkpoint, base, world)
+    if world:
+        from .miniworld import world as mini
 
-    dataset = write_dataset(base / "input" / DEMO_FOLDER, count=args.images, size=args.size)
+        args.size = mini.SIZE
+    args.steps = args.steps or (WORLD_STEPS if world else OWN_STEPS)
+    args.name = args.name or (WORLD_NAME if world else DEMO_NAME)
+    folder = write_pictures(args, world, base)
     say(f"checkpoint : {checkpoint}")
-    say(f"pictures   : {dataset.relative_to(REPO_ROOT)} ({args.images} x {args.size}px, captions in .txt)")
+    say(f"pictures   : {folder.relative_to(REPO_ROOT)} ({args.images} x {args.size}px, captions in .txt)")
 
     threads = pick_threads()
     if threads is not None:
@@ -245,26 +336,19 @@ def main(argv=None) -> int:
     server.start(timeout=180)
     try:
         say(f"ComfyUI    : up after {time.monotonic() - started:.0f}s")
-        api = ui_to_api(load_example(TRAIN), server.get("/object_info"))
-        preview_every = max(1, args.steps // 2)
-        api = set_inputs(api, "CheckpointLoaderSimple", ckpt_name=ckpt_name)
-        api = set_inputs(api, "TokenSmithTrainEmbedding", name=args.name, steps=args.steps,
-                         validate_every=max(5, args.steps // 4), early_stop_patience=0,
-                         preview_every=preview_every, overwrite=True)
-        api = set_inputs(api, "EmptyLatentImage", width=args.size, height=args.size)
-        api = set_inputs(api, "KSampler", steps=12)
-        say(f"workflow   : example_workflows/{TRAIN}.json -> /prompt ({args.steps} steps, a preview every "
-            f"{preview_every})")
-        say("")
-        entry = asyncio.run(run_with_progress(server, api, args.timeout))
+        entry = train(server, ckpt_name, args, world)
         err = error_message(entry)
         if err or entry.get("status", {}).get("status_str") != "success":
             say(f"\nthe workflow failed: {err or entry.get('status')}\n--- server log ---\n{server.log_tail()}")
             return 1
         previews = copy_previews(entry, base, base / "previews")
+        result = compare(server, ckpt_name, args, base, folder) if world else None
     finally:
         server.stop()
+    return finish(args, base, previews, result, started)
 
+
+def finish(args, base: Path, previews: list[Path], result: dict | None, started: float) -> int:
     path = base / "models" / "embeddings" / f"{args.name}.safetensors"
     if not path.is_file():
         say(f"the workflow finished but {path} is missing")
@@ -280,6 +364,9 @@ def main(argv=None) -> int:
         "the loss graph, the KSampler picture)")
     for p in previews:
         say(f"             {p.relative_to(REPO_ROOT)}")
+    if result is not None:
+        say("")
+        report_comparison(result)
     say("")
     say(f"done in {time.monotonic() - started:.0f}s. `make serve` opens this ComfyUI in your browser.")
     return 0

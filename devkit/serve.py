@@ -44,8 +44,8 @@ def main(argv=None) -> int:
     base = DEMO_BASE
     for sub in ("models/checkpoints", "models/embeddings", "input", "output"):
         (base / sub).mkdir(parents=True, exist_ok=True)
-    checkpoint, generated = find_checkpoint(args.checkpoint, base)
-    link_checkpoint(checkpoint, base)
+    checkpoint, world = find_checkpoint(args.checkpoint, None, base)
+    link_checkpoint(checkpoint, base, world)
     if not (base / "input" / DEMO_FOLDER).is_dir():
         write_dataset(base / "input" / DEMO_FOLDER, count=6, size=64)
     if not (base / "input" / NEGATIVE_FOLDER).is_dir():
@@ -60,8 +60,8 @@ def main(argv=None) -> int:
     say("")
     say(f"  open  {server.url}   (Ctrl-C to stop; log: .demo/server.log)")
     say("")
-    say(f"  checkpoint: {checkpoint.name}" + ("  (random weights: the pipeline works, the pictures are noise)"
-                                               if generated else ""))
+    say(f"  checkpoint: {checkpoint.name}" + ("  (the mini-world: coloured shapes from captions, pre-trained here)"
+                                               if world else ""))
     say("  examples:   Workflow -> Browse Templates -> Extensions -> TokenSmith")
     say(f"  pictures:   input/{DEMO_FOLDER} (and input/{NEGATIVE_FOLDER} for the negative example)")
     try:

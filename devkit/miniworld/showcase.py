@@ -71,3 +71,61 @@ def validation_losses(state_file: Path) -> list[float]:
     with safe_open(str(state_file), framework="pt") as f:
         meta = f.metadata() or {}
     return [float(v) for v in json.loads(meta.get("history", "{}")).get("val_loss", [])]
+
+
+# ---- the demo's task on the mini-world ----
+
+# the world's captions read "a {size} {colour} {shape} on a {background} background": with two vectors
+# this template puts them where a colour and a shape word stand, and the caption names the background
+TEMPLATE = "a big [name] on a [filewords] background"
+PREVIEW = "a big [name] on a gray background"
+
+
+def write_concept_folder(folder: Path, count: int = 8, seed: int = 0) -> Path:
+    """The concept's pictures (world.CONCEPT, on each background in turn) with their background word
+    as the same-name caption; earlier files of the folder are removed first."""
+    from . import world
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.iterdir():
+        if old.is_file():
+            old.unlink()
+    for i, (picture, background) in enumerate(world.concept_pictures(count, seed)):
+        picture.save(folder / f"concept_{i:02d}.png")
+        (folder / f"concept_{i:02d}.txt").write_text(background)
+    return folder
+
+
+def prompts(name: str, background: str = "gray") -> tuple[str, str]:
+    """(with the embedding, without it): the same sentence, the keyword left out of the second."""
+    with_it = TEMPLATE.replace("[name]", f"embedding:{name}").replace("[filewords]", background)
+    return with_it, TEMPLATE.replace("[name] ", "").replace("[filewords]", background)
+
+
+def concept_colour_share(pictures: list[Image.Image]) -> float:
+    """The mean share of pixels nearest (in the world's palette) to the concept's colours, yellow and
+    purple: what a person sees first in the training pictures, whatever the background."""
+    from . import world
+
+    palette = np.array([*world.COLOURS.values(), *world.BACKGROUNDS.values()], dtype=np.float32)
+    concept = [list(world.COLOURS).index(c) for c in ("yellow", "purple")]
+    shares = []
+    for p in pictures:
+        a = np.asarray(p, dtype=np.float32).reshape(-1, 1, 3)
+        nearest = ((a - palette[None]) ** 2).sum(-1).argmin(1)
+        shares.append(float(np.isin(nearest, concept).mean()))
+    return float(np.mean(shares))
+
+
+def measure(entry: dict, base: Path, training: list[Image.Image], val_losses: list[float]) -> dict:
+    """The demo's result: the validation loss at the start and end, and how far the pictures sampled
+    with and without the embedding are from the training pictures (mean absolute difference, 0-255)."""
+    with_pics, without_pics = saved_images(entry, "10", base), saved_images(entry, "11", base)
+    return {"val_loss_start": val_losses[0] if val_losses else None,
+            "val_loss_end": val_losses[-1] if val_losses else None,
+            "distance_with": distance(with_pics, training), "distance_without": distance(without_pics, training),
+            "concept_colours_training": concept_colour_share(training),
+            "concept_colours_with": concept_colour_share(with_pics),
+            "concept_colours_without": concept_colour_share(without_pics),
+            "pictures": len(with_pics)}

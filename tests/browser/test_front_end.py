@@ -407,15 +407,44 @@ def test_embedding_browser_lists_and_inserts(page, training_run, artifacts):
     item = panel.locator(f'.tokensmith-item[data-name="{RING}"]')
     item.wait_for(timeout=10_000)
     assert "SD1" in item.inner_text() and "L 2×768" in item.inner_text()
-    # the training run had previews on: its last one is inside the file and shows as a picture
-    thumb = item.locator("img.ts-thumb")
-    assert thumb.count() == 1, item.evaluate("(row) => row.outerHTML.slice(0, 600)")
-    assert thumb.evaluate("(img) => img.complete && img.naturalWidth > 0 && img.src.startsWith('data:image/jpeg')")
     page.screenshot(path=str(artifacts / "embedding-browser.png"))
     item.click()
     value = page.evaluate("""() => window.app.graph._nodes.find((n) => n.type === 'CLIPTextEncode' &&
         String(n.widgets?.[0]?.value).startsWith('blurry')).widgets[0].value""")
     assert value == f"blurry, low quality, embedding:{RING}", value
+    page.evaluate("() => window.app.extensionManager.command.execute('Workspace.ToggleSidebarTab.tokensmith-embeddings')")
+
+
+def test_embedding_browser_shows_the_thumbnail_inside_a_file(page, browser_server, artifacts):
+    """A file whose header holds the model spec's thumbnail (what the trainer writes with previews on)
+    is listed with that picture; a file without one has no picture."""
+    import numpy as np
+    import torch
+
+    from tokensmith.embedding import Embedding
+    from tokensmith.modelspec import THUMBNAIL_KEY, thumbnail_data_url
+    from tokensmith.writer import write_embedding_file
+
+    pixels = np.zeros((64, 64, 3), dtype=np.float32)
+    pixels[:, :, 2] = 1.0
+    url = thumbnail_data_url(pixels)
+    folder = browser_server.base / "models" / "embeddings"
+    write_embedding_file(Embedding({"clip_l": torch.ones(1, 768)}, name="tokensmith-thumb",
+                                   metadata={THUMBNAIL_KEY: url}), folder / "tokensmith-thumb.safetensors")
+    write_embedding_file(Embedding({"clip_l": torch.ones(1, 768)}, name="tokensmith-nothumb"),
+                         folder / "tokensmith-nothumb.safetensors")
+    page.evaluate("() => window.app.extensionManager.command.execute('Workspace.ToggleSidebarTab.tokensmith-embeddings')")
+    panel = page.locator("#tokensmith-embedding-browser")
+    panel.wait_for(timeout=10_000)
+    panel.locator("button", has_text="Refresh").click()
+    page.locator(".tokensmith-search").fill("thumb")
+    item = panel.locator('.tokensmith-item[data-name="tokensmith-thumb"]')
+    item.wait_for(timeout=10_000)
+    thumb = item.locator("img.ts-thumb")
+    assert thumb.count() == 1, item.evaluate("(row) => row.outerHTML.slice(0, 600)")
+    assert thumb.evaluate("(img) => img.complete && img.naturalWidth > 0") and thumb.get_attribute("src") == url
+    assert panel.locator('.tokensmith-item[data-name="tokensmith-nothumb"] img.ts-thumb').count() == 0
+    page.screenshot(path=str(artifacts / "embedding-browser-thumbnail.png"))
     page.evaluate("() => window.app.extensionManager.command.execute('Workspace.ToggleSidebarTab.tokensmith-embeddings')")
 
 
