@@ -1312,7 +1312,9 @@ def encode_distribution(vae, images: torch.Tensor, spread: bool = True) -> tuple
     if spread and isinstance(quant_conv, torch.nn.Module):
         hook = quant_conv.register_forward_hook(lambda module, args, output: moments.append(output.detach()))
     try:
-        mean = encode_images(vae, images)
+        # one picture per call: on a CPU ComfyUI sizes the VAE's batch by free system memory and
+        # encodes them all at once, and that batch's activations were the run's memory peak
+        mean = torch.cat([encode_images(vae, images[i:i + 1]) for i in range(images.shape[0])])
     finally:
         if hook is not None:
             hook.remove()

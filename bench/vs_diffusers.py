@@ -59,6 +59,11 @@ def _status_kb(field: str) -> int:
     return 0
 
 
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # the kernel restarts VmHWM from the current resident size
+
+
 def _median_step(stamps: list[float], skip: int = 2) -> float | None:
     gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)][skip:]
     return statistics.median(gaps) if gaps else None
@@ -181,19 +186,28 @@ def tokensmith_run(images_dir: Path, size: int, vectors: int, steps: int) -> dic
     pictures = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255.0
                                           for p in sorted(images_dir.glob("*.png"))]))
     stamps: list[float] = []
-    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview=None, node_id=None: stamps.append(time.perf_counter()))
+    setup_peak: list[int] = []  # the peak up to the first step (encoding the pictures, setting up)
+
+    def on_step(value, total, preview=None, node_id=None):
+        stamps.append(time.perf_counter())
+        if len(stamps) == 1:
+            setup_peak.append(_status_kb("VmHWM"))
+            _reset_peak()
+
+    comfy.utils.set_progress_bar_global_hook(on_step)
     rss_before = _status_kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")  # VmHWM from here: the training's peak
+    _reset_peak()  # VmHWM from here: the training's peak
     t0 = time.perf_counter()
     with torch.inference_mode():
         train.execute([loaded.model], [loaded.clip], [f"vsd-{size}-{vectors}"], [INIT], [vectors], ["object"], [steps],
                       [str(LEARNING_RATE)], [1], [0], [True], vae=[loaded.vae], images=[pictures], validate_every=[0],
                       clip_mode=["none"], flip=[False], lr_shape=["constant"], lr_warmup_steps=[0])
     wall = time.perf_counter() - t0
-    peak = _status_kb("VmHWM")
+    steps_peak = _status_kb("VmHWM")
+    peak = max(steps_peak, *setup_peak)
     return {"train_s": wall, "step_times": stamps, "rss_before_mb": rss_before / 1024, "peak_rss_mb": peak / 1024,
-            "growth_mb": (peak - rss_before) / 1024}
+            "growth_mb": (peak - rss_before) / 1024, "setup_peak_rss_mb": setup_peak[0] / 1024 if setup_peak else None,
+            "steps_peak_rss_mb": steps_peak / 1024}
 
 
 def peer_run(script: Path, model_dir: Path, images_dir: Path, size: int, vectors: int, steps: int, out_dir: Path) -> dict:
@@ -277,6 +291,7 @@ def compare_case(script: Path, model_dir: Path, work: Path, size: int, vectors: 
         "peak_rss_mb": ts["peak_rss_mb"], "peer_peak_rss_mb": peer["peak_rss_mb"],
         "peak_rss_ratio": ts["peak_rss_mb"] / peer["peak_rss_mb"],
         "rss_before_training_mb": ts["rss_before_mb"], "training_growth_mb": ts["growth_mb"],
+        "setup_peak_rss_mb": ts.get("setup_peak_rss_mb"), "steps_peak_rss_mb": ts.get("steps_peak_rss_mb"),
         "runs": {side: {str(n): {k: v for k, v in r.items() if k != "step_times"} | {
             "step_times_s": [b - a for a, b in zip(r["step_times"], r["step_times"][1:], strict=False)]} for n, r in rs.items()}
             for side, rs in runs.items()},

@@ -29,11 +29,12 @@ class EncoderCalls:
     """Counts the pictures that go through the VAE's encoder."""
 
     def __init__(self, vae):
-        self.pictures = 0
+        self.pictures, self.batches = 0, []
         self.hook = vae.first_stage_model.encoder.register_forward_hook(self.seen)
 
     def seen(self, module, args, output):
         self.pictures += args[0].shape[0]
+        self.batches.append(args[0].shape[0])
 
     def __enter__(self):
         return self
@@ -49,15 +50,19 @@ def test_vae_encoder_runs_once_per_picture(pack, sd1, mode):
     with EncoderCalls(sd1.vae) as calls:
         run(trainer)
     assert calls.pictures == 6, f"{calls.pictures} encoder passes for 6 pictures (3 and their mirror images)"
+    # one picture per encoder call: a batch of all of them was the memory peak of a large-picture run
+    assert calls.batches == [1] * 6, calls.batches
     both = torch.cat([images, images.flip(2)])
     with torch.inference_mode():
         fs = sd1.vae.first_stage_model
         pixels = sd1.vae.process_input(both.movedim(-1, 1)).to(sd1.vae.vae_dtype).to(sd1.vae.device)
         mean, logvar = fs.quant_conv(fs.encoder(pixels)).float().chunk(2, dim=1)
-        comfy_mean = sd1.vae.encode(both)  # what ComfyUI's VAEEncode gives
+        comfy_mean = sd1.vae.encode(both)  # what ComfyUI's VAEEncode gives for the batch
+        one_by_one = torch.cat([sd1.vae.encode(both[i:i + 1]) for i in range(len(both))])
     assert torch.allclose(comfy_mean.cpu(), mean.cpu(), atol=1e-5)
+    assert torch.allclose(one_by_one.cpu(), comfy_mean.cpu(), atol=1e-5)
     if mode == "deterministic":
-        assert torch.equal(trainer.latent_mean, comfy_mean.float().cpu())
+        assert torch.equal(trainer.latent_mean, one_by_one.float().cpu())
         assert not trainer.latent_std.any(), "deterministic training has no use for the spread"
     else:
         std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0)).cpu()
