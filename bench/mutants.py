@@ -141,6 +141,38 @@ EQUIVALENT: dict[str, str] = {
         "to(device='cpu') -> to(device=None): the same tensors for operands already on the CPU, as in every "
         "core test (as writer.x_embedding_to_state_dict__mutmut_2)",
     "tokensmith.expression.x__as_rows__mutmut_26": "the device argument dropped: as _as_rows__mutmut_24",
+    "tokensmith.training_math.x_loss_weights__mutmut_2":
+        "default prediction 'eps' -> 'EPS': _prediction lower-cases the name first, so both mean eps-MSE",
+    "tokensmith.training_math.x_diffusion_loss__mutmut_2": "default prediction 'eps' -> 'EPS': as loss_weights__mutmut_2",
+    "tokensmith.training_math.x_diffusion_loss__mutmut_12":
+        "the weights' to(err.device) -> to(None): the same tensor when the latents are on the CPU, as in every "
+        "core test (CPU only here, as writer.x_embedding_to_state_dict__mutmut_2)",
+    "tokensmith.training_math.x_diffusion_loss__mutmut_42":
+        "the mask's device=err.device -> None: CPU only here (as diffusion_loss__mutmut_12)",
+    "tokensmith.training_math.x_diffusion_loss__mutmut_44": "the mask's device argument dropped: CPU only here",
+    "tokensmith.training_math.x_optimizer_state_to_tensors__mutmut_9":
+        "a state tensor's to('cpu') -> to(None): the same tensor for CPU optimizer state (CPU only here)",
+    "tokensmith.training_math.x_optimizer_state_to_tensors__mutmut_23":
+        "a group tensor's to('cpu') -> to(None): CPU only here (as optimizer_state_to_tensors__mutmut_9)",
+    "tokensmith.training_math.x_optimizer_state_to_tensors__mutmut_47":
+        "json.dumps allow_nan=False -> None: every float reaches the JSON through _to_json, which refuses "
+        "non-finite ones first, so dumps never sees a NaN or infinity",
+    "tokensmith.training_math.x_optimizer_state_to_tensors__mutmut_50":
+        "json.dumps allow_nan dropped: as optimizer_state_to_tensors__mutmut_47",
+    "tokensmith.training_math.x_optimizer_state_to_tensors__mutmut_52":
+        "json.dumps allow_nan=True: as optimizer_state_to_tensors__mutmut_47",
+    "tokensmith.training_math.x_spread_init_vectors__mutmut_19":
+        "the zeros' device=token_vectors.device -> None: CPU only here",
+    "tokensmith.training_math.x_spread_init_vectors__mutmut_23": "the zeros' device argument dropped: CPU only here",
+    "tokensmith.training_math.x_spread_init_vectors__mutmut_27":
+        "the index's device=tokens.device -> None: CPU only here",
+    "tokensmith.training_math.x_spread_init_vectors__mutmut_29": "the index's device argument dropped: CPU only here",
+    "tokensmith.training_math.x_vector_norms__mutmut_2":
+        "norm(dim=-1) -> dim=+1: the same axis for the [n, d] tensors it is documented for and given",
+    "tokensmith.training_math.xǁNaNGuardǁrestore__mutmut_3":
+        "zip(strict=True) -> strict=None: _vectors is built from params one for one, so strictness never fires",
+    "tokensmith.training_math.xǁNaNGuardǁrestore__mutmut_6": "zip's strict dropped: as restore__mutmut_3",
+    "tokensmith.training_math.xǁNaNGuardǁrestore__mutmut_7": "zip(strict=False): as restore__mutmut_3",
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}

@@ -123,3 +123,33 @@ def test_improvement_is_none_without_the_rule():
     feed(es, [1.0, 0.5, 0.25, 0.125])
     assert es.improvement is None
     assert math.isfinite(es.best_loss)
+
+
+# ---------------------------------------------------------------- exact wording and defaults
+
+
+def test_no_rule_is_refused_word_for_word():
+    with pytest.raises(TrainingError) as e:
+        EarlyStopper()
+    assert str(e.value) == "early stopping needs a rule: patience >= 1 or a plateau window >= 1"
+
+
+def test_the_default_plateau_threshold_is_one_percent():
+    es = EarlyStopper(plateau_window=2)
+    assert feed(es, [1.0, 1.0, 0.98, 0.98]) is None  # 2% lower: still learning
+    es = EarlyStopper(plateau_window=2)
+    assert feed(es, [1.0, 1.0, 0.995, 0.995]) == 40
+    assert es.reason.endswith("(the rule stops at 1.00% or less)")
+
+
+def test_before_any_finite_validation_there_is_no_best():
+    es = EarlyStopper(patience=3)
+    es.update(10, float("nan"), torch.ones(1, 2))
+    assert es.best_step is None and es.best_vectors is None and es.best_loss == math.inf
+
+
+def test_patience_counts_from_zero_bad_validations():
+    es = EarlyStopper(patience=2)
+    assert not es.should_stop  # nothing seen yet
+    assert feed(es, [float("nan"), float("nan"), float("nan")]) == 20
+    assert es.reason == "no new best validation loss in 2 validations (patience 2)"
