@@ -44,6 +44,7 @@ from .tokensmith.training_math import (
     NormControl,
     make_optimizer,
     spread_init_vectors,
+    stratified_timesteps,
     vector_norms,
 )
 from .tokensmith.writer import save_embedding
@@ -163,12 +164,16 @@ class BatchLoss:
 
     def __call__(self, params, prompts: list[str], bucket: Bucket, positions: torch.Tensor, gen: torch.Generator,
                  u: torch.Tensor | None = None, noise: torch.Tensor | None = None, weighted: bool = True) -> torch.Tensor:
-        token_sets = [adapter.fill_slots(self.rows.tokens(prompt), params, self.encoders) for prompt in prompts]
         if self.objective.kind == "flow":  # SD3, Flux, Chroma, Z-Image: their own conditioning inputs
+            token_sets = [adapter.fill_slots(self.rows.tokens(prompt), params, self.encoders) for prompt in prompts]
             return self._flow_loss(token_sets, bucket, positions, gen, u, noise)
+        # each distinct prompt goes through the text encoder once (a validation's samples share a few)
+        distinct = list(dict.fromkeys(prompts))
+        rows = torch.tensor([distinct.index(prompt) for prompt in prompts])
+        token_sets = [adapter.fill_slots(self.rows.tokens(prompt), params, self.encoders) for prompt in distinct]
         cond, pooled = adapter.encode_batch(self.clip, token_sets)
-        cond = cond.to(self.device)
-        pooled = None if pooled is None else pooled.to(self.device)
+        cond = cond[rows.to(cond.device)].to(self.device)
+        pooled = None if pooled is None else pooled[rows.to(pooled.device)].to(self.device)
         x0 = self.latents(bucket, positions, gen)
         if u is None:
             u = torch.rand(len(positions), generator=gen)
@@ -498,7 +503,7 @@ class Trainer:
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         run.optimizer.zero_grad(set_to_none=True)
-        total = sum(self._backward(s, run, gen, rng) for _ in range(self.cfg.gradient_accumulation))
+        total = sum(self._backward(s, run, gen, rng, micro) for micro in range(self.cfg.gradient_accumulation))
         if not self._accepted(s, run, next_step, total, lr):
             return False
         self._apply(s, run)
@@ -506,14 +511,23 @@ class Trainer:
         self._after_step(s, run, total, lr)
         return True
 
-    def _backward(self, s: Session, run: Run, gen: torch.Generator, rng: random.Random) -> float:
+    def _backward(self, s: Session, run: Run, gen: torch.Generator, rng: random.Random, micro: int = 0) -> float:
         adapter.throw_if_interrupted()
         bucket, positions, pictures = s.data.draw(gen, self.cfg.batch_size)
         prompts = [self._prompt(s.data, n, rng) for n in pictures]
         with s.autocast:
-            loss = s.loss(run.params, prompts, bucket, positions, gen) / self.cfg.gradient_accumulation
+            loss = s.loss(run.params, prompts, bucket, positions, gen,
+                          u=self._timesteps(run.step, micro, len(positions))) / self.cfg.gradient_accumulation
         (s.scaler.scale(loss) if s.scaler else loss).backward()
         return float(loss.detach())
+
+    def _timesteps(self, done_steps: int, micro: int, count: int) -> torch.Tensor | None:
+        """The batch's timestep draws in [0, 1) for stratified sampling, indexed by the run's step so a
+        resumed run continues the sequence; None for uniform (the loss draws from the step's generator)."""
+        if self.cfg.timestep_sampling != "stratified":
+            return None
+        per_step = self.cfg.gradient_accumulation * self.cfg.batch_size
+        return stratified_timesteps(done_steps * per_step + micro * self.cfg.batch_size, count, self.cfg.seed)
 
     def _accepted(self, s: Session, run: Run, next_step: int, total: float, lr: float) -> bool:
         if s.scaler:

@@ -50,6 +50,9 @@ ROUTE_TIMEOUT_S = 300
 # mutant -> why no test can tell it from the original (mutmut's numbering is stable while the
 # function's source does not change; a changed function shows its survivors again).
 EQUIVALENT: dict[str, str] = {
+    "tokensmith.training_math.x_stratified_timesteps__mutmut_27":
+        "index * g -> index / g with g the golden ratio's conjugate: 1/g = 1 + g, so frac(offset + k/g) = "
+        "frac(offset + k*g) up to the last bits of a float64",
     "tokensmith.names.x_safe_join__mutmut_13":
         "startswith('/') -> startswith('XX/XX'): on POSIX every name starting with '/' is already refused by "
         "os.path.isabs(name) in the same condition (the '/' test is there for Windows, where '/x' has no drive)",

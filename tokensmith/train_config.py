@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from .embedding import MAX_VECTORS
 from .errors import TrainingError
 from .names import validate_name
-from .training_math import NormControl
+from .training_math import TIMESTEP_SAMPLING, NormControl
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LATENT_SAMPLING = ("deterministic", "once", "random")
@@ -40,6 +40,7 @@ class TrainConfig:
     precision: str = "auto"
     gradient_checkpointing: bool = False
     latent_sampling: str = "deterministic"
+    timestep_sampling: str = "uniform"  # uniform / stratified (tokensmith.training_math)
     flip: bool = False
     clip_mode: str = "norm"
     clip_value: float = 1.0
@@ -82,7 +83,8 @@ class TrainConfig:
             raise TrainingError("tag_dropout must be in [0, 1)")
         for field_name, allowed in (("precision", PRECISIONS), ("latent_sampling", LATENT_SAMPLING),
                                     ("norm_mode", NORM_MODES), ("clip_mode", CLIP_MODES),
-                                    ("lr_shape", LR_SHAPES), ("stop_rule", STOP_RULES)):
+                                    ("lr_shape", LR_SHAPES), ("stop_rule", STOP_RULES),
+                                    ("timestep_sampling", TIMESTEP_SAMPLING)):
             value = getattr(self, field_name)
             if value not in allowed:
                 raise TrainingError(f"{field_name} must be one of {list(allowed)}, got {value!r}")

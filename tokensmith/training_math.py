@@ -107,6 +107,24 @@ def diffusion_loss(
     return (err * w * m).sum() / m.sum().clamp_min(1e-12)
 
 
+# ---------------------------------------------------------------- timesteps
+
+TIMESTEP_SAMPLING = ("uniform", "stratified")
+_GOLDEN = (math.sqrt(5) - 1) / 2  # the additive step that spreads a sequence most evenly over [0, 1)
+
+
+def stratified_timesteps(first: int, count: int, seed: int) -> torch.Tensor:
+    """Draws first .. first+count-1 of a seeded golden-ratio sequence in [0, 1): any run of n
+    consecutive draws covers the interval about evenly, where independent draws leave gaps and
+    clumps, so the noise levels a run trains on change less from step to step."""
+    if first < 0 or count < 0:
+        raise TrainingError(f"timestep draws need a non-negative start and count (got {first}, {count})")
+    start = torch.Generator().manual_seed(seed)
+    offset = float(torch.rand(1, generator=start))
+    index = torch.arange(first, first + count, dtype=torch.float64)
+    return torch.frac(offset + index * _GOLDEN).to(torch.float32)
+
+
 # ---------------------------------------------------------------- norms
 
 

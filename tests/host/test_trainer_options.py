@@ -205,6 +205,88 @@ def test_random_draws_a_new_latent_sample_each_time(pack, sd1):
     assert _cos(d_rand[0], d_rand[2]) < 0.9 and _cos(d_rand[1], d_rand[3]) < 0.9
 
 
+# ----------------------------------------------------------------------------- timestep sampling
+
+
+def _training_timesteps(pack, ms, **kw) -> list[float]:
+    """The timesteps of the diffusion model's training forwards, in the order it was handed them."""
+    seen = []
+
+    def record(module, args):
+        if torch.is_grad_enabled():
+            seen.extend(float(t) for t in args[1].detach().float())
+
+    with hooked(unet(ms), record, pre=True):
+        train(pack, ms, **kw)
+    return seen
+
+
+def _golden_sequence(seed: int, count: int) -> list[float]:
+    offset = float(torch.rand(1, generator=torch.Generator().manual_seed(seed)))
+    return [(offset + k * (math.sqrt(5) - 1) / 2) % 1.0 for k in range(count)]
+
+
+def test_stratified_timesteps_follow_the_seeded_sequence_across_batches_and_a_resume(pack, sd1, embeddings_dir):
+    """With timestep_sampling "stratified" the k-th training draw of the run (over steps, accumulation
+    and batch, in that order) is the seed's k-th golden-ratio draw, mapped over the model's 1000
+    timesteps (which the discrete SD1 sampling hands the model rounded to whole steps); a resumed run
+    continues the sequence; the uniform default draws other timesteps."""
+    kw = dict(steps=6, batch_size=2, gradient_accumulation=2, seed=4)
+    got = _training_timesteps(pack, sd1, timestep_sampling="stratified", **kw)
+    expected = [u * 999 for u in _golden_sequence(4, 24)]
+    assert len(got) == 24
+    assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) <= 0.5, (got[:4], expected[:4])
+    uniform = _training_timesteps(pack, sd1, timestep_sampling="uniform", **kw)
+    assert len(uniform) == 24 and max(abs(a - b) for a, b in zip(uniform, expected, strict=True)) > 50
+
+    first = _training_timesteps(pack, sd1, timestep_sampling="stratified", name="strat-resume",
+                                **{**kw, "steps": 3})
+    rest = _training_timesteps(pack, sd1, timestep_sampling="stratified", name="strat-resume",
+                               resume_from="strat-resume", **kw)
+    assert max(abs(a - b) for a, b in zip(first + rest, expected, strict=True)) <= 0.5
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def test_a_validation_encodes_each_distinct_prompt_once_and_scores_as_sample_by_sample(pack, sd1):
+    """Eight validation samples of two captioned pictures have two prompts: each validation pass runs the
+    text encoder on its distinct prompts only, and the score equals the mean of the samples each scored alone (its own prompt, noise level
+    and noise)."""
+    adapter = pack("comfy_adapter")
+    rows_read = []
+    encoder = adapter.encoders_of(sd1.clip)[0].model.transformer.get_input_embeddings()
+
+    def count(module, args):
+        if not torch.is_grad_enabled():
+            rows_read.append(int(args[0].shape[0]))
+
+    TrainConfig = pack("tokensmith.train_config").TrainConfig
+    cfg = TrainConfig(name="val-distinct", init_text="*", num_vectors=1, steps=1, validate_every=1,
+                      validation_samples=8, template="custom", custom_template="a [name] on [filewords]",
+                      clip_mode="none")
+    with torch.inference_mode():
+        trainer = pack("trainer").Trainer(sd1.model, sd1.clip, sd1.vae, pictures(2), cfg, captions="grass\nsand",
+                                          overwrite=True)
+        trainer.run()
+        session = trainer.session
+        params = adapter.text_to_vectors(sd1.clip, "*")
+        with hooked(encoder, count, pre=True):
+            together = session.loss.validation(params, session.validation)
+        prompts = [p for b in session.validation for p in b.prompts]
+        assert len(prompts) == 8 and len(set(prompts)) == 2, prompts
+        distinct_per_pass = [len(set(b.prompts)) for b in session.validation]
+        assert sum(distinct_per_pass) < len(prompts), "every pass has distinct prompts: nothing to show"
+        # prompt rows the text encoder read (one call per row or per pass: the adapter decides)
+        assert sum(rows_read) == sum(distinct_per_pass), (rows_read, [b.prompts for b in session.validation])
+        alone = []
+        for b in session.validation:
+            for i in range(len(b.positions)):
+                one = type(b)(b.bucket, b.positions[i:i + 1], b.prompts[i:i + 1], b.u[i:i + 1], b.noise[i:i + 1])
+                alone.append(session.loss.validation(params, [one]))
+    assert together == pytest.approx(sum(alone) / len(alone), rel=1e-5)
+
+
 # ----------------------------------------------------------------------------- flip
 
 
@@ -524,7 +606,7 @@ def test_crop_to_multiple_of_8_keeps_crop_and_mask_aligned(pack, sd1):
         with torch.inference_mode():
             pack("trainer").Trainer(sd1.model, sd1.clip, sd1.vae, images, cfg, masks=mask, overwrite=True).run()
     centre = images[:, 2:66, 2:66, :3].movedim(-1, 1) * 2.0 - 1.0
-    torch.testing.assert_close(encoded[0], centre)
+    torch.testing.assert_close(torch.cat(encoded), centre)  # one picture per encoder call
     assert grads and all(g.shape[-1] == 8 for g in grads)
     for g in grads:
         assert torch.count_nonzero(g[..., 4:]) == 0, float(g[..., 4:].abs().max())
