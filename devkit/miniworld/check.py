@@ -37,25 +37,36 @@ CHANCE = {"colour": 1 / len(world.COLOURS), "shape": 1 / len(world.SHAPES), "bac
 
 
 def measure(path: Path, prompts: int = 12, steps: int = 12, cfg: float = 5.0, out: Path | None = None) -> dict:
+    """Import ComfyUI in a fresh base folder, load the checkpoint with its loader node, then agreement()."""
     from devkit.comfy_host import import_comfy
 
     base = Path(tempfile.mkdtemp(prefix="tokensmith-miniworld-check-"))
     import_comfy(base)
     import folder_paths
     import nodes
-    from PIL import Image
 
     link = base / "models" / "checkpoints" / path.name
     link.parent.mkdir(parents=True, exist_ok=True)
     if not link.exists():
         os.symlink(path.resolve(), link)
     folder_paths.filename_list_cache.clear()
+    with torch.inference_mode():
+        model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(path.name)[:3]
+    return agreement(model, clip, vae, prompts, steps, cfg, out)
+
+
+def agreement(model, clip, vae, prompts: int = 12, steps: int = 12, cfg: float = 5.0, out: Path | None = None,
+              verbose: bool = True) -> dict:
+    """Sample `prompts` random captions through core's nodes and read each picture back into words:
+    the share of pictures whose colour, shape, background and size agree with their caption."""
+    import nodes
+    from PIL import Image
+
     rng = random.Random(7)
     agree = dict.fromkeys(CHANCE, 0)
     grid = Image.new("RGB", (world.SIZE * prompts, world.SIZE * 2))
     t0, c0 = time.perf_counter(), time.process_time()
     with torch.inference_mode():
-        model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(path.name)[:3]
         negative = nodes.CLIPTextEncode().encode(clip, "")[0]
         for i in range(prompts):
             scene = world.random_scene(rng, shape=world.SHAPES[i % len(world.SHAPES)])
@@ -66,7 +77,8 @@ def measure(path: Path, prompts: int = 12, steps: int = 12, cfg: float = 5.0, ou
             got = world.classify(picture)
             for k in agree:
                 agree[k] += got[k] == getattr(scene, k)
-            print(f"  {scene.caption:45s} -> {got}", flush=True)
+            if verbose:
+                print(f"  {scene.caption:45s} -> {got}", flush=True)
             grid.paste(Image.fromarray((np.clip(picture, 0, 1) * 255).astype(np.uint8)), (world.SIZE * i, 0))
             grid.paste(world.draw(scene), (world.SIZE * i, world.SIZE))
     rates = {k: v / prompts for k, v in agree.items()}
