@@ -1,17 +1,28 @@
 """Time to a concept, and where "train until learned" stops: TokenSmith, A1111-style and diffusers-style settings.
 
-    python -m bench.concept [--seeds 0,1,2] [--cap 120] [--validate-every 5] [--json OUT]
+    python -m bench.concept [--task miniworld|latent] [--seeds 0,1,2] [--cap 120] [--validate-every 5]
+                            [--settings tokensmith,a1111,diffusers] [--json OUT]
 
-Task (devkit/conditioned.py): a tiny SD1-like UNet pre-trained to draw
-one latent pattern per word; the training latents are the word "cat"'s, training starts from the
-vector of "dog" (one vector). Quality is the trainer's fixed-noise validation loss (16 samples).
+Tasks:
+- `miniworld` (default): the mini-world checkpoint (devkit/miniworld, built once into .cache/miniworld),
+  loaded as CheckpointLoaderSimple loads it, and the demo's concept, a yellow ring with a purple star
+  inside that no caption of the world names: 12 pictures through the VAE, each captioned with its
+  background word, the demo's template "a big [name] on a [filewords] background", 2 vectors from "*".
+  A quarter of the pictures is held out (validation_split 0.25): quality is the fixed-noise
+  validation loss on pictures the run never trained on (16 samples). After each real plateau run the
+  saved file is used in a prompt: pictures sampled with and without the keyword, and the share of
+  the concept's colours in each (the demo's measure).
+- `latent` (devkit/conditioned.py): a tiny SD1-like UNet pre-trained to draw one latent pattern per
+  word; the training latents are the word "cat"'s, training starts from the vector of "dog" (one
+  vector), validation on the training latents.
 
 Settings, each with every seed, all in one run:
 - `tokensmith`: TrainConfig()'s defaults (stop_rule "plateau": train until learned);
 - `a1111`: AdamW at a constant 5e-3, batch 1, no clipping, no stopping (A1111's defaults);
 - `diffusers`: examples/textual_inversion.py's 5e-4 with --scale_lr over 4 accumulation steps
-  (2e-3 constant), no clipping, no stopping. Its random flip is left off: on this task a mirrored
-  latent pattern is another picture, not the word's, and it would change the validation set.
+  (2e-3 constant), no clipping, no stopping. Its random flip is left off (on the latent task a
+  mirrored pattern is another picture, and both sides keep the same pictures).
+- `stratified` (not in the default list): the defaults with timestep_sampling "stratified".
 
 Each run validates after every step up to --cap steps (a validation reads the vectors and changes
 nothing in training), which gives its whole curve. `best` is the lowest validation loss any setting
@@ -30,6 +41,9 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -47,14 +61,31 @@ SETTINGS = {
     "diffusers": {"learning_rate": "2e-3", "lr_shape": "constant", "lr_warmup_steps": 0, "clip_mode": "none",
                   "norm_mode": "none", "min_snr_gamma": 0.0, "batch_size": 1, "gradient_accumulation": 4,
                   "stop_rule": "steps"},
+    "stratified": {"timestep_sampling": "stratified"},
 }
+DEFAULT_SETTINGS = ("tokensmith", "a1111", "diffusers")
 
 
 class _Ended(Exception):
     """Raised from the progress callback to end a run early."""
 
 
-def _train(ms, latents, cfg, trainer_mod, stop_when=None, stop_at: int | None = None):
+@dataclass
+class Task:
+    """What every run of a task trains on: the model, its inputs and the settings all runs share."""
+
+    model: object
+    clip: object
+    config: dict
+    vae: object = None
+    images: object = None
+    latents: object = None
+    captions: str = ""
+    about: str = ""
+    check_pictures: Callable | None = None  # (embedding name) -> the pixel measure of a saved file
+
+
+def _train(task: Task, cfg, trainer_mod, stop_when=None, stop_at: int | None = None):
     """One run; returns (trainer, result or None when the bench ended it, plain step times, validations).
 
     The bench ends a run from the progress callback (at the target, or at stop_at steps) rather than
@@ -76,8 +107,8 @@ def _train(ms, latents, cfg, trainer_mod, stop_when=None, stop_at: int | None = 
     trainer_mod.PROGRESS_EVERY_S = 0.0  # a timestamp after every step
     result = None
     with torch.inference_mode():
-        trainer = trainer_mod.Trainer(ms.model, ms.clip, None, None, cfg, latents=latents, overwrite=True,
-                                      on_progress=on_progress)
+        trainer = trainer_mod.Trainer(task.model, task.clip, task.vae, task.images, cfg, latents=task.latents,
+                                      captions=task.captions, overwrite=True, on_progress=on_progress)
         try:
             result = trainer.run()
         except _Ended:
@@ -85,9 +116,10 @@ def _train(ms, latents, cfg, trainer_mod, stop_when=None, stop_at: int | None = 
     return trainer, result, times, vals
 
 
-def _step_seconds(ms, latents, make_cfg, trainer_mod) -> float:
+def _step_seconds(task: Task, make_cfg, trainer_mod) -> float:
     """Median seconds of a plain step (no validation) over a short run."""
-    _, _, times, _ = _train(ms, latents, make_cfg(validate_every=0, stop_rule="steps"), trainer_mod, stop_at=12)
+    # validations far apart (a held-out split needs some): the timed steps are plain steps
+    _, _, times, _ = _train(task, make_cfg(validate_every=10**6, stop_rule="steps"), trainer_mod, stop_at=12)
     return statistics.median(times[2:]) if len(times) > 2 else float("nan")
 
 
@@ -103,25 +135,26 @@ def plateau_stop(curve: list[tuple[int, float]], every: int, cfg, stopping) -> t
     return None, stopper.best_step
 
 
-def _seed_runs(seed, ms, latents, task, cap, trainer_mod, TrainConfig) -> dict[str, dict]:
+def _seed_runs(seed, task: Task, settings, cap, trainer_mod, TrainConfig) -> dict[str, dict]:
     runs = {}
-    for label, overrides in SETTINGS.items():
-        def make_cfg(label=label, overrides=overrides, **extra):
-            return TrainConfig(**{**task, "seed": seed, **overrides, "name": f"bench-ttc-{label}-s{seed}", **extra})
+    for label in settings:
+        def make_cfg(label=label, **extra):
+            return TrainConfig(**{**task.config, "seed": seed, **SETTINGS[label], "name": f"bench-ttc-{label}-s{seed}",
+                                  **extra})
         t0 = time.perf_counter()
         fine = make_cfg(validate_every=1, stop_rule="steps", early_stop_patience=0)
-        _, _, _, vals = _train(ms, latents, fine, trainer_mod, stop_at=cap)
+        _, _, _, vals = _train(task, fine, trainer_mod, stop_at=cap)
         # the trainer's step-0 validation (the init vectors) comes without a progress report
-        _, first, _, _ = _train(ms, latents, make_cfg(validate_every=1, stop_rule="steps", steps=1), trainer_mod)
+        _, first, _, _ = _train(task, make_cfg(validate_every=1, stop_rule="steps", steps=1), trainer_mod)
         vals = [(0, first.history.val_loss[0]), *vals]
         runs[label] = {"cfg": make_cfg(), "curve": vals, "wall_s": time.perf_counter() - t0,
-                       "step_s": _step_seconds(ms, latents, make_cfg, trainer_mod)}
+                       "step_s": _step_seconds(task, make_cfg, trainer_mod)}
     return runs
 
 
-def rows_for_seed(seed, ms, latents, task, cap, every, trainer_mod, TrainConfig, stopping) -> list[dict]:
-    runs = _seed_runs(seed, ms, latents, task, cap, trainer_mod, TrainConfig)
-    v0 = runs["tokensmith"]["curve"][0][1]  # the init vectors' loss (step 0), the same for every setting
+def rows_for_seed(seed, task: Task, settings, cap, every, trainer_mod, TrainConfig, stopping) -> list[dict]:
+    runs = _seed_runs(seed, task, settings, cap, trainer_mod, TrainConfig)
+    v0 = next(iter(runs.values()))["curve"][0][1]  # the init vectors' loss (step 0), the same for every setting
     best = min(v for r in runs.values() for _, v in r["curve"])
     rows = []
     for label, r in runs.items():
@@ -131,7 +164,7 @@ def rows_for_seed(seed, ms, latents, task, cap, every, trainer_mod, TrainConfig,
         stop, kept = plateau_stop(curve, every, cfg, stopping) if cfg.stop_rule == "plateau" else (None, None)
         vals = dict(curve)
         rows.append({
-            "case": "concept", "setting": label, "seed": seed, "steps_to_95": reached,
+            "case": "concept", "task": task.about, "setting": label, "seed": seed, "steps_to_95": reached,
             "seconds_to_95": None if reached is None else reached * r["step_s"],
             "unet_passes_to_95": None if reached is None else reached * passes,
             "stop_step": stop, "kept_step": kept,
@@ -140,63 +173,135 @@ def rows_for_seed(seed, ms, latents, task, cap, every, trainer_mod, TrainConfig,
             "stop_within_1_5x": None if stop is None or reached is None else stop <= 1.5 * max(reached, every),
             "curve": [[s, round(v, 6)] for s, v in curve], "wall_s": r["wall_s"],
         })
-        print(f"seed {seed} {label}: 95% at step {reached}, stop {stop} (kept {kept})", file=sys.stderr)
+        print(f"seed {seed} {label}: 95% at step {reached}, stop {stop} (kept {kept})", file=sys.stderr, flush=True)
     return rows
 
 
-def check_real_stop(seed, ms, latents, task, every, cap, predicted, trainer_mod, TrainConfig) -> dict:
-    """One real run with stop_rule plateau at the user's cadence: does the trainer stop where predicted?"""
-    cfg = TrainConfig(**{**task, "seed": seed, **SETTINGS["tokensmith"], "name": f"bench-ttc-real-s{seed}",
-                         "validate_every": every})
-    _, result, _, _ = _train(ms, latents, cfg, trainer_mod, stop_at=cap)
+def check_real_stop(seed, task: Task, every, cap, predicted, trainer_mod, TrainConfig) -> dict:
+    """One real run with stop_rule plateau at the user's cadence: does the trainer stop where predicted?
+    On the mini-world its saved file is then used in a prompt (the demo's pixel measure)."""
+    name = f"bench-ttc-real-s{seed}"
+    cfg = TrainConfig(**{**task.config, "seed": seed, **SETTINGS["tokensmith"], "name": name, "validate_every": every})
+    _, result, _, _ = _train(task, cfg, trainer_mod, stop_at=cap)
     stopped = result.steps_done if result is not None and result.stopped_early else None
-    return {"case": "concept-real-stop", "seed": seed, "predicted_stop": predicted, "trainer_stop": stopped,
-            "agrees": stopped == predicted, "reason": None if result is None else result.stop_reason}
+    row = {"case": "concept-real-stop", "task": task.about, "seed": seed, "predicted_stop": predicted,
+           "trainer_stop": stopped, "agrees": stopped == predicted,
+           "reason": None if result is None else result.stop_reason}
+    if task.check_pictures is not None and result is not None:
+        row["pictures"] = task.check_pictures(name)
+    return row
 
 
-def summary(rows: list[dict]) -> dict:
-    by = {label: [r for r in rows if r.get("setting") == label] for label in SETTINGS}
+def summary(rows: list[dict], settings) -> dict:
+    by = {label: [r for r in rows if r.get("setting") == label] for label in settings}
     mean = {label: statistics.mean(r["seconds_to_95"] for r in rs) if all(r["seconds_to_95"] for r in rs) else None
             for label, rs in by.items()}
-    out = {"case": "concept-summary", "target": TARGET, "mean_seconds_to_95": mean,
+    out = {"case": "concept-summary", "task": rows[0]["task"] if rows else None, "target": TARGET,
+           "mean_seconds_to_95": mean,
            "mean_steps_to_95": {label: statistics.mean(r["steps_to_95"] for r in rs) if all(r["steps_to_95"] for r in rs)
                                 else None for label, rs in by.items()}}
-    if mean["tokensmith"] and mean["a1111"]:
-        out["speedup_vs_a1111"] = mean["a1111"] / mean["tokensmith"]
+    for other in ("a1111", "diffusers"):
+        if mean.get("tokensmith") and mean.get(other):
+            out[f"speedup_vs_{other}"] = mean[other] / mean["tokensmith"]
+    if "speedup_vs_a1111" in out:
         out["goal_2x_vs_a1111"] = out["speedup_vs_a1111"] >= 2
-    if mean["tokensmith"] and mean["diffusers"]:
-        out["speedup_vs_diffusers"] = mean["diffusers"] / mean["tokensmith"]
-    ts = by["tokensmith"]
+    ts = by.get("tokensmith", [])
     out["auto_stops_after_95_every_seed"] = all(r["stop_step"] is not None and r["steps_to_95"] is not None
                                                and r["stop_step"] >= r["steps_to_95"] for r in ts)
     out["auto_within_1_5x_every_seed"] = all(bool(r["stop_within_1_5x"]) for r in ts)
     return out
 
 
-def measure(seeds, cap: int, every: int, check_real: bool = True) -> list[dict]:
+def latent_task() -> Task:
     from devkit import conditioned
 
+    ms = conditioned.build_conditioned("sd1")
+    return Task(ms.model, ms.clip, latents=conditioned.concept_latents(WORD), about="latent",
+                config={"init_text": INIT_WORD, "num_vectors": 1, "template": "custom",
+                        "custom_template": conditioned.PROMPT, "validation_samples": 16})
+
+
+def miniworld_task(pictures: int = 12) -> Task:
+    """The demo's concept on the mini-world checkpoint, loaded by core's checkpoint loader."""
+    import folder_paths
+    import nodes
+    import numpy as np
+
+    from devkit.miniworld import ensure_checkpoint, showcase, world
+
+    path = ensure_checkpoint()
+    link = Path(folder_paths.get_folder_paths("checkpoints")[0]) / path.name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.exists():
+        os.symlink(path.resolve(), link)
+    folder_paths.filename_list_cache.clear()
+    model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(path.name)[:3]
+    pairs = world.concept_pictures(pictures, seed=0)
+    training = [p for p, _ in pairs]
+    images = torch.from_numpy(np.stack([np.asarray(p, dtype=np.float32) / 255 for p in training]))
+
+    def check_pictures(name: str, count: int = 4) -> dict:
+        with_prompt, without_prompt = showcase.prompts(name)
+        shares = {}
+        for label, text in (("with", with_prompt), ("without", without_prompt)):
+            sampled = _sample(model, clip, vae, text, count)
+            shares[label] = showcase.concept_colour_share(sampled)
+        return {"concept_colours_training": showcase.concept_colour_share(training),
+                "concept_colours_with": shares["with"], "concept_colours_without": shares["without"],
+                "prompt_with": with_prompt, "count": count}
+
+    return Task(model, clip, vae=vae, images=images, captions="\n".join(bg for _, bg in pairs), about="miniworld",
+                check_pictures=check_pictures,
+                config={"init_text": "*", "num_vectors": 2, "template": "custom",
+                        "custom_template": showcase.TEMPLATE, "validation_samples": 16, "validation_split": 0.25})
+
+
+def _sample(model, clip, vae, text: str, count: int, steps: int = 12, cfg: float = 5.0) -> list:
+    """`count` pictures of the prompt through core's nodes (seeds 0..count-1), as PIL images."""
+    import nodes
+    import numpy as np
+    from PIL import Image
+
+    from devkit.miniworld import world
+
+    negative = nodes.CLIPTextEncode().encode(clip, "")[0]
+    positive = nodes.CLIPTextEncode().encode(clip, text)[0]
+    out = []
+    with torch.inference_mode():
+        for seed in range(count):
+            latent = nodes.EmptyLatentImage().generate(world.SIZE, world.SIZE, 1)[0]
+            sampled = nodes.KSampler().sample(model, seed, steps, cfg, "euler", "normal", positive, negative, latent)[0]
+            pixels = nodes.VAEDecode().decode(vae, sampled)[0][0].cpu().numpy()
+            out.append(Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8)))
+    return out
+
+
+TASKS = {"miniworld": miniworld_task, "latent": latent_task}
+
+
+def measure(seeds, cap: int, every: int, check_real: bool = True, task_name: str = "miniworld",
+            settings=tuple(DEFAULT_SETTINGS)) -> list[dict]:
     trainer_mod = comfy_host.pack_import("trainer")
     TrainConfig = comfy_host.pack_import("tokensmith.train_config").TrainConfig
     stopping = comfy_host.pack_import("tokensmith.stopping")
-    ms = conditioned.build_conditioned("sd1")
-    latents = conditioned.concept_latents(WORD)
-    task = {"init_text": INIT_WORD, "num_vectors": 1, "template": "custom", "custom_template": conditioned.PROMPT,
-            "validation_samples": 16}
+    task = TASKS[task_name]()
     rows = []
     for seed in seeds:
-        seed_rows = rows_for_seed(seed, ms, latents, task, cap, every, trainer_mod, TrainConfig, stopping)
+        seed_rows = rows_for_seed(seed, task, settings, cap, every, trainer_mod, TrainConfig, stopping)
         rows.extend(seed_rows)
-        if check_real:
+        if check_real and "tokensmith" in settings:
             predicted = next(r["stop_step"] for r in seed_rows if r["setting"] == "tokensmith")
-            rows.append(check_real_stop(seed, ms, latents, task, every, cap, predicted, trainer_mod, TrainConfig))
-    rows.append(summary([r for r in rows if r["case"] == "concept"]))
+            rows.append(check_real_stop(seed, task, every, cap, predicted, trainer_mod, TrainConfig))
+    rows.append(summary([r for r in rows if r["case"] == "concept"], settings))
     return rows
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=sorted(TASKS), default="miniworld")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--settings", default=",".join(DEFAULT_SETTINGS),
+                        help=f"a comma list of {', '.join(SETTINGS)}")
     parser.add_argument("--cap", type=int, default=120, help="steps of each validate-every-step run")
     parser.add_argument("--validate-every", type=int, default=5,
                         help="the cadence of the user's run that the plateau rule sees (validate_every)")
@@ -204,8 +309,12 @@ def main(argv=None) -> int:
     add_common_args(parser)
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    emit(run_in_host(args.threads, lambda: measure(seeds, args.cap, args.validate_every, not args.no_real_check)),
-         args.json)
+    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        parser.error(f"unknown settings {unknown}: choose from {', '.join(SETTINGS)}")
+    emit(run_in_host(args.threads, lambda: measure(seeds, args.cap, args.validate_every, not args.no_real_check,
+                                                   args.task, settings)), args.json)
     return 0
 
 

@@ -9,8 +9,8 @@ Parts (each module's docstring explains its method):
           and ComfyUI's configured floor (comfy_floor_ratio).
 - memory  bench.memory: peak resident memory of training and of the floor, each in its own process,
           against the model's size; the TI state for 8 vectors.
-- concept bench.concept: steps, seconds and UNet passes to a learned concept, TokenSmith's defaults against
-  A1111's and diffusers' settings, and where "train until learned" stops.
+- concept bench.concept: steps, seconds and UNet passes to a learned concept on the mini-world checkpoint,
+  TokenSmith's defaults against A1111's and diffusers' settings, and where "train until learned" stops.
 - files   bench.files: listing, nearest-token inspection and merge expressions per second.
 
 The result file holds {"run": facts about this run, "cases": [one object per case]}; the table
@@ -232,8 +232,9 @@ def main(argv=None) -> int:
                                              < row["floor_growth_mb"] + 0.5 * row["model_mb"])
                 row["ti_state_under_1mb"] = row["ti_state_bytes"] < 2**20
     if "concept" in parts:
-        concept_args = (["--seeds", "0", "--cap", "30", "--no-real-check"] if args.quick
-                        else ["--seeds", "0,1,2", "--cap", "150"])
+        # the mini-world task (built once, about five minutes, the first time); --quick: the latent toy
+        concept_args = (["--task", "latent", "--seeds", "0", "--cap", "30", "--no-real-check"] if args.quick
+                        else ["--task", "miniworld", "--seeds", "0,1,2", "--cap", "80"])
         data, wall, err = _child("concept", concept_args, args.threads)
         note("concept", wall, err)
         results.extend(data if not err else [{"case": "concept", "error": err}])
