@@ -185,6 +185,12 @@ EQUIVALENT: dict[str, str] = {
     "tokensmith.objective.xǁFlowMatchingǁloss__mutmut_11": "the sigmas' device argument dropped: CPU only here",
     "tokensmith.objective.xǁFlowMatchingǁloss__mutmut_45": "the mask's to(err.device) -> to(None): CPU only here",
     "tokensmith.objective.xǁFlowMatchingǁloss__mutmut_47": "the mask's device argument dropped: CPU only here",
+    "tokensmith.convert.x__checked_rows__mutmut_2":
+        "the given rows' to(device='cpu') -> to(device=None): the same tensor for CPU input, as in every core "
+        "test (CPU only here, as writer.x_embedding_to_state_dict__mutmut_2)",
+    "tokensmith.convert.x__checked_rows__mutmut_4": "the device argument dropped: CPU only here",
+    "tokensmith.convert.x_to_sdxl__mutmut_36": "the G vectors' device='cpu' -> None: CPU only here",
+    "tokensmith.convert.x_to_sdxl__mutmut_38": "the G vectors' device argument dropped: CPU only here",
     "tokensmith.use.x_prompt_reference__mutmut_13":
         "float('inf') -> float('INF'): float() reads the name in any case, so both are infinity",
 }
