@@ -29,7 +29,8 @@ def keyword_of_file(file: str) -> str:
 
 
 def format_weight(weight: float) -> str:
-    return f"{round(float(weight), 3):g}"
+    # adding 0.0 turns a negative zero (from -0.0 or rounding a tiny negative) into 0, never "-0"
+    return f"{round(float(weight), 3) + 0.0:g}"
 
 
 def prompt_reference(name: str, weight: float = 1.0) -> str:

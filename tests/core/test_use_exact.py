@@ -82,3 +82,9 @@ def test_a_weight_below_zero_or_not_finite_is_refused_word_for_word(weight, show
 
 def test_a_weight_of_zero_is_accepted():
     assert prompt_reference("dog", 0) == "(embedding:dog:0)"
+
+
+def test_a_negative_zero_weight_is_written_as_zero():
+    """-0.0 passes the "0 or more" check; the prompt must read 0, not -0."""
+    assert prompt_reference("dog", -0.0) == "(embedding:dog:0)"
+    assert format_weight(-0.0) == "0"
