@@ -1,18 +1,17 @@
 """Exact behaviour of convert: each refusal word for word, the vectors each conversion keeps, adds
 as zeros or takes from the caller (shape checked, 1-D accepted, copied), and that results are copies."""
 
-import re
 
-import pytest
 import torch
 
+from tests.core import refusals
 from tokensmith.convert import CONVERT_TARGETS, convert_to, to_sd1, to_sd3, to_sdxl
 from tokensmith.embedding import ENCODER_WIDTHS, FAMILY_ENCODERS, Embedding
 from tokensmith.errors import FamilyMismatchError
 
 
 def refused(message: str):
-    return pytest.raises(FamilyMismatchError, match=f"^{re.escape(message)}$")
+    return refusals.refused(message, FamilyMismatchError)
 
 
 def emb_of(family, n=2, name="x"):

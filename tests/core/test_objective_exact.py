@@ -2,18 +2,13 @@
 refusals word for word, the eps/v objectives handing their kind and options to diffusion_loss,
 and the registry's look-up."""
 
-import re
 
 import pytest
 import torch
 
-from tokensmith.errors import TrainingError
+from tests.core.refusals import refused
 from tokensmith.objective import OBJECTIVES, FlowMatching, NoisePrediction, objective_for
 from tokensmith.training_math import diffusion_loss
-
-
-def refused(message: str):
-    return pytest.raises(TrainingError, match=f"^{re.escape(message)}$")
 
 
 def batch():

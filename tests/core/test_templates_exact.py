@@ -2,11 +2,8 @@
 caption splitting and shaping at their boundaries, rendering, and the warnings' wording."""
 
 import random
-import re
 
-import pytest
-
-from tokensmith.errors import TrainingError
+from tests.core.refusals import refused
 from tokensmith.templates import (
     MAX_LINE_LENGTH,
     MAX_TEMPLATE_LINES,
@@ -21,11 +18,6 @@ from tokensmith.templates import (
     template_lines,
     with_filewords,
 )
-
-
-def refused(message: str):
-    return pytest.raises(TrainingError, match=f"^{re.escape(message)}$")
-
 
 # ---------------------------------------------------------------- presets
 

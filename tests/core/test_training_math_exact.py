@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 
+from tests.core.refusals import refused
 from tokensmith.errors import TrainingError
 from tokensmith.training_math import (
     NaNGuard,
@@ -20,11 +21,6 @@ from tokensmith.training_math import (
     spread_init_vectors,
     tensors_to_optimizer_state,
 )
-
-
-def refused(message: str):
-    return pytest.raises(TrainingError, match=f"^{re.escape(message)}$")
-
 
 # ---------------------------------------------------------------- loss
 
