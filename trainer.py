@@ -168,8 +168,8 @@ class BatchLoss:
             token_sets = [adapter.fill_slots(self.rows.tokens(prompt), params, self.encoders) for prompt in prompts]
             return self._flow_loss(token_sets, bucket, positions, gen, u, noise)
         # each distinct prompt goes through the text encoder once (a validation's samples share a few)
-        distinct = list(dict.fromkeys(prompts))
-        rows = torch.tensor([distinct.index(prompt) for prompt in prompts])
+        row_of = {prompt: row for row, prompt in enumerate(dict.fromkeys(prompts))}
+        distinct, rows = list(row_of), torch.tensor([row_of[prompt] for prompt in prompts])
         token_sets = [adapter.fill_slots(self.rows.tokens(prompt), params, self.encoders) for prompt in distinct]
         cond, pooled = adapter.encode_batch(self.clip, token_sets)
         cond = cond[rows.to(cond.device)].to(self.device)
