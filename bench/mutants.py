@@ -193,6 +193,38 @@ EQUIVALENT: dict[str, str] = {
     "tokensmith.convert.x_to_sdxl__mutmut_38": "the G vectors' device argument dropped: CPU only here",
     "tokensmith.use.x_prompt_reference__mutmut_13":
         "float('inf') -> float('INF'): float() reads the name in any case, so both are infinity",
+    "tokensmith.history.x_draw_history__mutmut_12":
+        "the background (255, 255, 255) -> (256, 255, 255): PIL clamps a colour channel to 255, so the "
+        "canvas is the same white",
+    "tokensmith.history.x_draw_history__mutmut_13": "the background's green 256: as draw_history__mutmut_12",
+    "tokensmith.history.x_draw_history__mutmut_14": "the background's blue 256: as draw_history__mutmut_12",
+    "tokensmith.history.x_draw_history__mutmut_53":
+        "'history.val_steps or [0]' -> '[1]': x_max = max(..., 1) already takes 1 as its floor, so a "
+        "missing validation counts as 0 or 1 to the same result",
+    "tokensmith.history.x_draw_history__mutmut_58":
+        "a lower line's zip(strict=False) -> strict=None: both are non-strict (lists of unequal length are "
+        "cut to the shorter, test_history_uneven_exact.py)",
+    "tokensmith.history.x_draw_history__mutmut_61": "a lower line's zip strict=False dropped: False is the default",
+    "tokensmith.history.x_draw_history__mutmut_72":
+        "a lower line's 'hi - lo or 1.0' -> 'or 2.0': the span is used only when hi == lo, and then every "
+        "y - lo is 0 (finite floats subtract to 0 only when equal), so 0 / 1.0 == 0 / 2.0",
+    "tokensmith.history.x_draw_history__mutmut_116": "the loss panel's 'hi - lo or 1.0' -> 'or 2.0': as _72",
+    "tokensmith.history.x_draw_history__mutmut_126":
+        "smooth(history.loss, LOSS_SMOOTHING) -> smooth(history.loss): smooth's default alpha is 0.9, "
+        "LOSS_SMOOTHING's value",
+    "tokensmith.history.x_draw_history__mutmut_141":
+        "the loss panel's zip(strict=False) -> strict=None: both non-strict (as _58)",
+    "tokensmith.history.x_draw_history__mutmut_144": "the loss panel's zip strict=False dropped: the default",
+    "tokensmith.history.x_draw_history__mutmut_147":
+        "'len(pts) > 1' -> '>= 1' before draw.line: PIL draws nothing for a one-point line (draw_lines has "
+        "no segment), and the one point gets its dot anyway",
+    "tokensmith.history.x_draw_history__mutmut_278":
+        "an event mark's panels[0][0] -> panels[1][0]: both panels start at x = margin",
+    "tokensmith.history.x_draw_history__mutmut_283":
+        "an event mark's panels[0][2] -> panels[1][2]: both panels end at x = width - margin",
+    "tokensmith.history.x_draw_history__mutmut_285": "an event mark's second panels[0][0] -> panels[1][0]: as _278",
+    "tokensmith.history.x_draw_history__mutmut_294":
+        "the mark's width=1 dropped: 1 is ImageDraw.line's default width",
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}
