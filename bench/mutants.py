@@ -225,6 +225,37 @@ EQUIVALENT: dict[str, str] = {
     "tokensmith.history.x_draw_history__mutmut_285": "an event mark's second panels[0][0] -> panels[1][0]: as _278",
     "tokensmith.history.x_draw_history__mutmut_294":
         "the mark's width=1 dropped: 1 is ImageDraw.line's default width",
+    "tokensmith.embedding.xǁEmbeddingǁfloat_vectors__mutmut_1":
+        "to(device='cpu') -> to(device=None): the same tensors for vectors already on the CPU, as in every core "
+        "test (CPU only here, as writer.x_embedding_to_state_dict__mutmut_2)",
+    "tokensmith.embedding.xǁEmbeddingǁfloat_vectors__mutmut_3": "the device argument dropped: CPU only here",
+    "tokensmith.modelspec.x__architecture__mutmut_6":
+        "SD2's 'prediction or \"\"' -> 'or \"XXXX\"': neither is a key of _SD2, so a missing prediction finds "
+        "no architecture either way",
+    "tokensmith.modelspec.x__architecture__mutmut_9":
+        "'family or \"\"' -> 'or \"XXXX\"': neither is a key of _ARCHITECTURES",
+    "tokensmith.modelspec.x__training_resolution__mutmut_8":
+        "no tokensmith.training: json.loads('XX{}XX') raises ValueError, caught, 0; the original's {} has no "
+        "resolution, also 0",
+    "tokensmith.modelspec.x__training_resolution__mutmut_15":
+        "'value > 0' -> '>= 0': a resolution of 0 is then returned as 0, the same as the refusal's 0 (the "
+        "caller takes '0 or the family's')",
+    "tokensmith.modelspec.x_modelspec_keys__mutmut_54":
+        "'prediction or \"\"' -> 'or \"XXXX\"': neither is a key of _PREDICTION, so no prediction_type either way",
+    "tokensmith.modelspec.x_thumbnail_data_url__mutmut_34":
+        "format 'JPEG' -> 'jpeg': PIL's Image.save looks the format up upper-cased (SAVE[format.upper()])",
+    "tokensmith.modelspec.x_thumbnail_data_url__mutmut_39": "format 'PNG' -> 'png': as thumbnail_data_url__mutmut_34",
+    "tokensmith.modelspec.x_thumbnail_data_url__mutmut_45":
+        "decode('ascii') -> decode('ASCII'): codec names are case-insensitive; the same codec",
+    "tokensmith.modelspec.x_thumbnail_of__mutmut_4":
+        "a missing thumbnail 'or \"\"' -> 'or \"XXXX\"': neither starts with a picture data URL's prefix, so None "
+        "either way",
+    "tokensmith.run_state.x_copy_vectors__mutmut_3":
+        "vectors[k].to(p.device, p.dtype) -> to(None, p.dtype): p.copy_ itself casts and moves the source to "
+        "p's dtype and device, so the .to() before it changes nothing p ends up holding",
+    "tokensmith.run_state.x_copy_vectors__mutmut_4": "to(p.device, None): as copy_vectors__mutmut_3 (copy_ casts)",
+    "tokensmith.run_state.x_copy_vectors__mutmut_5": "to(p.dtype) without the device: as copy_vectors__mutmut_3",
+    "tokensmith.run_state.x_copy_vectors__mutmut_6": "to(p.device) without the dtype: as copy_vectors__mutmut_3",
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}
