@@ -256,6 +256,41 @@ EQUIVALENT: dict[str, str] = {
     "tokensmith.run_state.x_copy_vectors__mutmut_4": "to(p.device, None): as copy_vectors__mutmut_3 (copy_ casts)",
     "tokensmith.run_state.x_copy_vectors__mutmut_5": "to(p.dtype) without the device: as copy_vectors__mutmut_3",
     "tokensmith.run_state.x_copy_vectors__mutmut_6": "to(p.device) without the dtype: as copy_vectors__mutmut_3",
+    "tokensmith.prompt_fix.x__depth_at__mutmut_17":
+        "the escape test 'text[i + 1] in \"()\"' -> 'in \"XX()XX\"': it adds only 'X', and a backslash taken with "
+        "an X gives each the same depth as when both are read one by one (neither is a parenthesis)",
+    "tokensmith.prompt_fix.x_convert_keywords__mutmut_15":
+        "the text's end 'after = \"\"' -> '\"XXXX\"': after is only tested for membership in a set of single "
+        "characters and for == ':', both false for '' and for 'XXXX'",
+    "tokensmith.prompt_fix.x_convert_keywords__mutmut_22":
+        "'.' left out of the characters subtracted from _WORD_CHARS: the character after a _WORD_RE match is never "
+        "'.', '/' or '-' (the match is greedy over [A-Za-z0-9._/-]), so subtracting them or not changes nothing",
+    "tokensmith.prompt_fix.x_convert_keywords__mutmut_23": "'/' left out of the subtraction: as convert_keywords__mutmut_22",
+    "tokensmith.prompt_fix.x_convert_keywords__mutmut_24": "'-' left out of the subtraction: as convert_keywords__mutmut_22",
+    "tokensmith.prompt_fix.x_fix_prompt__mutmut_8":
+        "'changes += [...]' -> 'changes = [...]': changes is the empty list made two lines above",
+    "tokensmith.prompt_fix.x_fix_prompt__mutmut_41":
+        "group_weight = False -> None: it is only read as 'not group_weight', the same for both",
+    "tokensmith.prompt_fix.x_fix_prompt__mutmut_47":
+        "a weight at the end 'after_weight = \"\"' -> '\"XXXX\"': after_weight is only compared with ')', unequal to both",
+    "tokensmith.prompt_fix.xǁEmbeddingIndexǁ__post_init____mutmut_17":
+        "name.rsplit('/', 1)[-1] -> rsplit('/')[-1]: the last piece is the same however many splits are made",
+    "tokensmith.prompt_fix.xǁEmbeddingIndexǁ__post_init____mutmut_20": "rsplit('/', 2)[-1]: as __post_init____mutmut_17",
+    "tokensmith.prompt_fix.xǁEmbeddingIndexǁsuggest__mutmut_7": "get_close_matches's n=3 dropped: 3 is its default",
+    "tokensmith.prompt_fix.xǁEmbeddingIndexǁsuggest__mutmut_8": "get_close_matches's cutoff=0.6 dropped: 0.6 is its default",
+    "tokensmith.report.x_encoder_stats__mutmut_2":
+        "to(device='cpu') -> to(device=None): the same tensor for vectors on the CPU, as in every core test (CPU "
+        "only here, as writer.x_embedding_to_state_dict__mutmut_2)",
+    "tokensmith.report.x_encoder_stats__mutmut_4": "the device argument dropped: CPU only here",
+    "tokensmith.report.x_encoder_stats__mutmut_17":
+        "vector_norm(dim=-1) -> dim=+1: the same axis for the [n, d] tensors an Embedding holds (it refuses others)",
+    "tokensmith.report.x_encoder_stats__mutmut_67": "all(dim=-1) -> dim=+1: the same axis for [n, d] (as _17)",
+    "tokensmith.report.x_encoder_stats__mutmut_34":
+        "the mean's 'if vals.numel()' made always true: the mean of no values is NaN, which _num turns into None, "
+        "the other branch's value",
+    "tokensmith.report.x_encoder_stats__mutmut_39": "the std's guard made always true: as _34 (the std of no values is NaN)",
+    "tokensmith.report.x_human_size__mutmut_27":
+        "the loop's fall-through 'return str(n)' -> str(None): never reached, the last unit (GiB) always returns",
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}
