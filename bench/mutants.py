@@ -291,6 +291,23 @@ EQUIVALENT: dict[str, str] = {
     "tokensmith.report.x_encoder_stats__mutmut_39": "the std's guard made always true: as _34 (the std of no values is NaN)",
     "tokensmith.report.x_human_size__mutmut_27":
         "the loop's fall-through 'return str(n)' -> str(None): never reached, the last unit (GiB) always returns",
+    "tokensmith.pictures.x__caption__mutmut_20":
+        "encoding 'utf-8-sig' -> 'UTF-8-SIG': codec names are looked up case-insensitively; the same codec",
+    "tokensmith.pictures.x__pixels__mutmut_28":
+        "grey.max(initial=0) -> initial=None: initial only matters for an array of no pixels, and no picture file "
+        "(PNG, JPEG, WebP, BMP) decodes to a 0-pixel image",
+    "tokensmith.pictures.x__pixels__mutmut_29":
+        "grey.max(initial=0) -> initial=1: the test is 'max > 255', and max(values, 1) > 255 exactly when max(values) > 255",
+    "tokensmith.pictures.x_resolve_folder__mutmut_29":
+        "startswith('/') -> startswith('XX/XX'): on POSIX every name starting with '/' is already refused by "
+        "os.path.isabs (as names.x_safe_join__mutmut_13; the '/' test is for Windows)",
+    "tokensmith.pictures.x_resolve_folder__mutmut_55":
+        "the empty parts no longer dropped: Path.joinpath ignores '' parts, so the same path is built",
+    "tokensmith.pictures.x_resolve_folder__mutmut_56":
+        "the '.' parts no longer dropped: pathlib drops '.' components when it parses the parts, the same path",
+    "tokensmith.pictures.x_size_warnings__mutmut_17":
+        "16 MP as 16 * 1000001: the limits differ only for w * h in 16,000,001..16,000,016 with both sides at most "
+        "4096 (larger sides warn anyway), and no two such whole numbers have a product in that range",
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}
