@@ -137,6 +137,8 @@ def check_pictures(images) -> list[torch.Tensor]:
     for p in pictures:
         if p.shape[-1] < 3:
             raise TrainingError(f"images need 3 colour channels, got {p.shape[-1]}")
+        if p.shape[0] == 0 or p.shape[1] == 0:  # a crop to nothing: no bucket or latent can be made of it
+            raise TrainingError(f"images need at least one pixel a side, got {p.shape[1]}x{p.shape[0]}")
         if not torch.isfinite(p).all():
             raise TrainingError("the images contain NaN or infinite values: check the nodes that produce them")
     return pictures
