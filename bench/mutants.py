@@ -308,6 +308,31 @@ EQUIVALENT: dict[str, str] = {
     "tokensmith.pictures.x_size_warnings__mutmut_17":
         "16 MP as 16 * 1000001: the limits differ only for w * h in 16,000,001..16,000,016 with both sides at most "
         "4096 (larger sides warn anyway), and no two such whole numbers have a product in that range",
+    "tokensmith.expression.x__tokenize__mutmut_25":
+        "an unclosed quote's 'k < 0' -> 'k <= 0': find() starts at j >= 1 (after the opening quote), so it returns "
+        "-1 or at least 1, never 0",
+    "tokensmith.expression.x__tokenize__mutmut_26": "'k < 0' -> 'k < 1': as _tokenize__mutmut_25",
+    "tokensmith.expression.x__tokenize__mutmut_129":
+        "'text[j] in \".-\"' -> 'in \"XX.-XX\"': it adds only 'X', already a name character taken by the other test "
+        "(as _fmt_name__mutmut_15)",
+    "tokensmith.expression.x__tokenize__mutmut_170":
+        "the end token's value '' -> None: never read (_describe names the end by its kind; the one value test, "
+        "== ')', is false for both)",
+    "tokensmith.expression.x__tokenize__mutmut_177": "the end token's value 'XXXX': as _tokenize__mutmut_170",
+    "tokensmith.expression.xǁ_Parserǁexpr__mutmut_60":
+        "a Whole's pos None: out of equality, and a Whole's column is never reported (each of its ops reports "
+        "its own)",
+    "tokensmith.expression.xǁ_Parserǁexpr__mutmut_62": "a Whole's pos dropped (0): as expr__mutmut_60",
+    "tokensmith.expression.xǁ_Parserǁexpr__mutmut_68": "a Sum's pos None: as expr__mutmut_3 (never reported)",
+    "tokensmith.expression.xǁ_Parserǁexpr__mutmut_71": "a Sum's pos dropped: as expr__mutmut_3",
+    "tokensmith.expression.xǁ_Parserǁexpr__mutmut_76": "a Sum's pos None: as expr__mutmut_3",
+    "tokensmith.expression.xǁ_Parserǁexpr__mutmut_79": "a Sum's pos dropped: as expr__mutmut_3",
+    "tokensmith.expression.xǁ_Parserǁterm__mutmut_28":
+        "a Chain's pos None: out of equality; it is only read as the start of a Sum, whose column is never "
+        "reported (expr__mutmut_3)",
+    "tokensmith.expression.xǁ_Parserǁterm__mutmut_31": "a Chain's pos dropped: as term__mutmut_28",
+    "tokensmith.expression.xǁ_Parserǁterm__mutmut_36": "a Chain's pos None: as term__mutmut_28",
+    "tokensmith.expression.xǁ_Parserǁterm__mutmut_39": "a Chain's pos dropped: as term__mutmut_28",
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}
