@@ -333,6 +333,45 @@ EQUIVALENT: dict[str, str] = {
     "tokensmith.expression.xǁ_Parserǁterm__mutmut_31": "a Chain's pos dropped: as term__mutmut_28",
     "tokensmith.expression.xǁ_Parserǁterm__mutmut_36": "a Chain's pos None: as term__mutmut_28",
     "tokensmith.expression.xǁ_Parserǁterm__mutmut_39": "a Chain's pos dropped: as term__mutmut_28",
+    "tokensmith.cli.x_cmd_inspect__mutmut_15":
+        "json.dumps allow_nan=False -> None: the report holds no float that is not finite (report._num turns NaN "
+        "and infinity into None first), so dumps never meets one",
+    "tokensmith.cli.x_cmd_inspect__mutmut_18": "allow_nan dropped: as cmd_inspect__mutmut_15",
+    "tokensmith.cli.x_cmd_inspect__mutmut_20": "allow_nan=True: as cmd_inspect__mutmut_15",
+    "tokensmith.comfy_reads.x_prompt_warnings__mutmut_72":
+        "_not_read_notes(unloaded=False) -> unloaded=None: it is only read as 'if not unloaded', the same for both",
+    "tokensmith.training_data.xǁTrainingSetǁdraw__mutmut_12":
+        "torch.randint(0, n, ...) -> randint(n, ...): low defaults to 0, the same call",
+    "tokensmith.training_data.xǁTrainingSetǁdraw__mutmut_25": "randint's low 0 dropped: as draw__mutmut_12",
+    "tokensmith.training_data.xǁTrainingSetǁdraw__mutmut_36": "randint's low 0 dropped: as draw__mutmut_12",
+    "tokensmith.training_data.xǁTrainingSetǁ_draw_training__mutmut_7": "randint's low 0 dropped: as draw__mutmut_12",
+    "tokensmith.training_data.xǁTrainingSetǁ_draw_training__mutmut_22": "randint's low 0 dropped: as draw__mutmut_12",
+    "tokensmith.training_data.xǁTrainingSetǁ_draw_training__mutmut_29":
+        "the positions' dtype=torch.long dropped (None): torch.tensor of a non-empty list of Python ints is int64 "
+        "(long) by default, and the list has batch_size >= 1 entries",
+    "tokensmith.training_data.xǁTrainingSetǁ_draw_training__mutmut_31": "dtype dropped: as _draw_training__mutmut_29",
+    "tokensmith.training_data.xǁTrainingSetǁvalidation_batches__mutmut_32":
+        "the positions' dtype=torch.long -> None: a non-empty list of ints (a bucket without items is skipped) is "
+        "int64 by default (as _draw_training__mutmut_29)",
+    "tokensmith.training_data.xǁTrainingSetǁvalidation_batches__mutmut_34": "dtype dropped: as validation_batches__mutmut_32",
+    "tokensmith.training_data.xǁTrainingSetǁvalidation_batches__mutmut_62":
+        "the slice's index dtype=torch.long -> None: items[sl] is a non-empty list of ints (range steps within "
+        "len(items)), int64 by default",
+    "tokensmith.training_data.xǁTrainingSetǁvalidation_batches__mutmut_64": "dtype dropped: as validation_batches__mutmut_62",
+    "tokensmith.training_data.xǁTrainingDataǁreport__mutmut_6":
+        "zip(strict=True) -> strict=None: sizes and original_sizes always have one entry per picture "
+        "(original_sizes defaults to sizes), so strictness never fires",
+    "tokensmith.training_data.xǁTrainingDataǁreport__mutmut_9": "zip's strict dropped: as report__mutmut_6",
+    "tokensmith.training_data.xǁTrainingDataǁreport__mutmut_10": "zip(strict=False): as report__mutmut_6",
+    "tokensmith.training_data.xǁTrainingDataǁprepared__mutmut_54":
+        "interpolate size mean.shape[-2:] -> shape[+2:]: the latents are [k, C, h, w], for which both are (h, w)",
+    "tokensmith.training_data.x_bucket_for__mutmut_18":
+        "the tie-break -h*w -> -h/w: the only ties in aspect distance found (resolutions 64..1096, pictures up to "
+        "64 x 64) are a bucket and its transpose, of equal area; there -h/w picks the taller one, which bucket_sizes "
+        "lists first (widths ascending), the one min() keeps on the original's area tie",
+    "tokensmith.training_data.x_bucket_for__mutmut_19":
+        "the tie-break -h*w -> +h*w: on the only ties found (a bucket and its transpose, as bucket_for__mutmut_18) "
+        "the areas are equal, so either sign keeps the first",
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}

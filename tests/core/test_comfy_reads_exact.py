@@ -161,3 +161,28 @@ def test_a_same_width_fallback_warning_and_a_lookup_note_word_for_word():
 
 def test_nothing_is_said_when_every_encoder_gets_its_own_vectors():
     assert prompt_warnings("x", widths("clip_l", "clip_g", "t5xxl"), slots("sd3")) == []
+
+
+def test_every_note_after_an_unloaded_encoder_is_still_given():
+    s = [Slot("clip_l", 768, loaded=False), Slot("clip_g", 1280, looks_up=False), Slot("t5xxl", 4096, looks_up=False)]
+    assert prompt_warnings("x", widths("clip_l"), s) == [
+        "embedding:x: this ComfyUI's clip_g tokenizer does not look up embedding: names (they are read as plain words)",
+        "embedding:x: this ComfyUI's t5xxl tokenizer does not look up embedding: names (they are read as plain words)"]
+
+
+def test_two_ignored_encoders_of_a_partly_used_file_warning_word_for_word():
+    assert prompt_warnings("l", widths("clip_l"), slots("sd3")) == [
+        "embedding:l is a SD1.5 embedding (clip_l) used on SD3: only clip_l gets it, clip_g, t5xxl ignores it (clip_g: "
+        "width 768 vs 1280; t5xxl: width 768 vs 4096; ComfyUI logs 'shape mismatch'). To fix: "
+        f"{T5_HINT}."]
+
+
+def test_two_unused_encoders_of_the_file_are_listed():
+    assert _verdict("sd3", slots("sd1")) == (
+        "works on this SD1.5 CLIP (clip_l); its clip_g, t5xxl vectors are not used (SD3 embedding on SD1.5)")
+
+
+def test_only_an_sd1_file_on_sdxl_gets_the_half_used_sentence():
+    assert _verdict("flux", slots("sdxl")) == (
+        "only clip_l uses it; ignored by clip_g: no clip_g key, falls back to the first tensor (clip_l), width 768 "
+        "vs 1280")
