@@ -372,6 +372,22 @@ EQUIVALENT: dict[str, str] = {
     "tokensmith.training_data.x_bucket_for__mutmut_19":
         "the tie-break -h*w -> +h*w: on the only ties found (a bucket and its transpose, as bucket_for__mutmut_18) "
         "the areas are equal, so either sign keeps the first",
+    "tokensmith.training_data.x__pictures__mutmut_3":
+        "'items = images if it is a list' made always true: check_pictures hands _pictures a 4-D batch or a "
+        "list, and iterating a [B, H, W, C] batch gives its [H, W, C] pictures, the same pictures as [batch] does",
+    "tokensmith.training_data.x_check_masks__mutmut_50":
+        "the expand made unconditional: masks.shape[0] is 1 or count (checked just above), and expanding a "
+        "[count, H, W] tensor to count is the same tensor",
+    "tokensmith.training_data.x_check_masks__mutmut_73":
+        "zip(strict=False) -> strict=None: len(items) != count is tested first, so the zip only ever sees lists "
+        "of equal length",
+    "tokensmith.training_data.x_check_masks__mutmut_76": "zip's strict dropped: as check_masks__mutmut_73",
+    "tokensmith.training_data.x_check_masks__mutmut_77": "zip(strict=True): as check_masks__mutmut_73",
+    "tokensmith.training_data.x_fit__mutmut_2":
+        "x.shape[-2:] -> shape[+2:]: fit is given [N, C, H, W] tensors, for which both are (H, W)",
+    "tokensmith.training_data.x_fit__mutmut_35":
+        "interpolate's align_corners=False -> None: torch takes None as False for bilinear",
+    "tokensmith.training_data.x_fit__mutmut_40": "align_corners dropped: its default None is taken as False",
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}

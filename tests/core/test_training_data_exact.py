@@ -13,6 +13,8 @@ import torch
 from tests.core.refusals import refused
 from tokensmith.training_data import (
     TrainingData,
+    bucket_for,
+    bucket_sizes,
     check_latents,
     check_masks,
     check_pictures,
@@ -275,3 +277,43 @@ def test_a_fitted_picture_is_clamped_to_0_1():
     picture[4:] = 2.0  # scaled to 4 x 4 the top row stays -1 and the bottom row 2: both clamp
     out = fit_picture(picture, (4, 4))
     assert out[0].eq(0.0).all() and out[3].eq(1.0).all() and out.min() == 0.0 and out.max() == 1.0
+
+
+def test_a_mask_that_does_not_fit_a_single_picture_is_refused_with_its_size():
+    with refused(f"mask shape [1, 4, 5] does not fit images [1, 4, 6]: {FIT}"):
+        check_masks(torch.ones(1, 4, 5), [(4, 6)])
+
+
+def test_a_batch_of_masks_in_a_list_for_pictures_of_several_sizes_is_taken_mask_by_mask():
+    pair, single = torch.ones(2, 4, 6), torch.ones(6, 4)
+    out = check_masks([pair, single], [(4, 6), (4, 6), (6, 4)])
+    assert isinstance(out, list) and [tuple(m.shape) for m in out] == [(4, 6), (4, 6), (6, 4)]
+
+
+def test_fit_covers_by_rows_when_rows_need_the_larger_scale():
+    x = torch.arange(10 * 30, dtype=torch.float32).reshape(1, 1, 10, 30)
+    # to 8 x 4: rows need 8 / 10, columns 4 / 30; 8 / 10 wins: 8 x 24, the middle 4 columns (10..13)
+    expected = torch.nn.functional.interpolate(x, size=(8, 24), mode="bilinear", antialias=True,
+                                               align_corners=False)[..., :, 10:14]
+    assert torch.equal(fit(x, (8, 4)), expected)
+
+
+def test_fit_keeps_each_scaled_side_at_least_the_buckets_own():
+    x = torch.arange(10 * 40, dtype=torch.float32).reshape(1, 1, 10, 40)
+    # to 4 x 8: 4 / 10 wins, so 4 x 16 (no side below the bucket's), the middle 8 columns (4..11)
+    expected = torch.nn.functional.interpolate(x, size=(4, 16), mode="bilinear", antialias=True,
+                                               align_corners=False)[..., :, 4:12]
+    assert torch.equal(fit(x, (4, 8)), expected)
+
+
+def test_one_size_pictures_keep_their_height_and_width():
+    data = TrainingData.from_images(torch.zeros(2, 24, 16, 3), None, "", resolution=0, family="sd1",
+                                    crop_to_multiple_of_8=False)
+    assert data.sizes == [(24, 16), (24, 16)]
+
+
+def test_a_square_picture_between_two_transposed_buckets_takes_the_first_listed():
+    """At resolution 100 the buckets are 128 x 64 and 64 x 128 (height, width), equally far from a
+    square picture and of equal area: the first listed (the narrower) is taken."""
+    assert bucket_sizes(100) == ((128, 64), (64, 128))
+    assert bucket_for((50, 50), 100) == (128, 64)
