@@ -44,6 +44,7 @@ import torch
 from .tokensmith.comfy_reads import Slot
 from .tokensmith.embedding import family_name, family_of
 from .tokensmith.errors import EmbeddingNameError, FamilyMismatchError, TrainingError
+from .tokensmith.lean_backward import Conv2dInputGrad, GegluProduct, GroupNormSiLU
 from .tokensmith.names import safe_join
 from .tokensmith.objective import Objective, objective_for
 
@@ -663,6 +664,82 @@ def _plain_cast_linear(module) -> bool:
             and type(module).forward is base.forward and hasattr(comfy.ops, "run_every_op"))
 
 
+def _lean_training_call(owner: int, layer, x) -> bool:
+    # a training call of a layer on ComfyUI's plain path: frozen weights in the input's dtype and
+    # device, no cast, no weight patches, no autocast, and an input that carries a gradient
+    return (_training_call(owner) and torch.is_grad_enabled() and isinstance(x, torch.Tensor) and x.requires_grad
+            and not torch.is_autocast_enabled(x.device.type) and not getattr(layer, "comfy_cast_weights", True)
+            and not getattr(layer, "weight_function", None) and not getattr(layer, "bias_function", None)
+            and all(t is None or (type(t) in (torch.Tensor, torch.nn.Parameter) and not t.requires_grad
+                                  and t.dtype == x.dtype and t.device == x.device) for t in (layer.weight, layer.bias)))
+
+
+def _plain_conv2d(module) -> bool:
+    # a comfy.ops Conv2d that runs torch's own conv2d (zero padding, given as numbers)
+    base = getattr(getattr(comfy.ops, "disable_weight_init", None), "Conv2d", None)
+    return (base is not None and isinstance(module, base) and "forward" not in module.__dict__
+            and type(module).forward is base.forward and type(module)._conv_forward is torch.nn.Conv2d._conv_forward
+            and module.padding_mode == "zeros" and not isinstance(module.padding, str))
+
+
+def _conv_keeping_no_input(module, owner: int):
+    """A forward for a comfy.ops Conv2d: training calls of its plain path (no cast, no weight patches)
+    keep only the weight for backward (Conv2dInputGrad); every other call is ComfyUI's own forward."""
+    plain = module.forward
+
+    def forward(x, *args, **kwargs):
+        if args or kwargs or not _lean_training_call(owner, module, x):
+            return plain(x, *args, **kwargs)
+        getattr(comfy.ops, "run_every_op", lambda: None)()
+        return Conv2dInputGrad.apply(x, module.weight, module.bias, module.stride, module.padding, module.dilation,
+                                     module.groups)
+
+    return forward
+
+
+def _plain_geglu(module) -> bool:
+    return type(module) is getattr(comfy.ldm.modules.attention, "GEGLU", None) and "forward" not in module.__dict__
+
+
+def _geglu_keeping_projection(module, owner: int):
+    """A forward for ComfyUI's GEGLU: training calls keep the projection only (GegluProduct makes
+    gelu(gate) again in backward); every other call is ComfyUI's own forward."""
+    plain = module.forward
+
+    def forward(x):
+        if not _training_call(owner) or not torch.is_grad_enabled() or not x.requires_grad:
+            return plain(x)
+        return GegluProduct.apply(module.proj(x))
+
+    return forward
+
+
+def _starts_with_norm_then_silu(module) -> bool:
+    # a ResBlock's in_layers / out_layers: GroupNorm, SiLU, ... (a slice of one is a new Sequential: never patched)
+    base = getattr(getattr(comfy.ops, "disable_weight_init", None), "GroupNorm", None)
+    return (type(module) is torch.nn.Sequential and "forward" not in module.__dict__ and len(module) >= 2
+            and base is not None and isinstance(module[0], base) and type(module[0]).forward is base.forward
+            and type(module[1]) is torch.nn.SiLU)
+
+
+def _sequential_with_lean_norm(seq, owner: int):
+    """A forward for a Sequential that starts GroupNorm, SiLU: training calls run the two as one
+    GroupNormSiLU (which keeps only the norm's input); every other call is the Sequential's own."""
+    plain = seq.forward
+
+    def forward(x):
+        norm = seq[0]
+        if not _lean_training_call(owner, norm, x):
+            return plain(x)
+        getattr(comfy.ops, "run_every_op", lambda: None)()
+        h = GroupNormSiLU.apply(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+        for layer in list(seq)[2:]:
+            h = layer(h)
+        return h
+
+    return forward
+
+
 def _alias(t: torch.Tensor) -> torch.Tensor:
     # A normal tensor over an inference tensor's storage: autograd may save it, nothing is copied.
     return torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
@@ -676,7 +753,9 @@ def trainable_graph(*modules: torch.nn.Module) -> Iterator[None]:
     such tensors. Inside this block (which leaves inference mode) every parameter and buffer is
     swapped for an alias of the same storage with requires_grad=False, and CLIP layers use an
     out-of-place forward. Linear layers whose weights ComfyUI casts per call (fp16 text encoders on a
-    CPU) save the stored weight for backward instead of its cast (_LinearCastInBackward). Training calls of the text encoders and diffusion models (this thread,
+    CPU) save the stored weight for backward instead of its cast (_LinearCastInBackward). Frozen
+    convolutions, GEGLUs and a ResBlock's GroupNorm + SiLU keep only what the inputs' gradient needs
+    (tokensmith.lean_backward; same results). Training calls of the text encoders and diffusion models (this thread,
     outside inference mode) use training_attention() instead of ComfyUI's configured attention: per
     call, through ComfyUI's optimized_attention_override, never by changing the host's setting.
     Everything is put back on exit; the weights' values are never written.
@@ -703,6 +782,15 @@ def trainable_graph(*modules: torch.nn.Module) -> Iterator[None]:
                         patched_layers.append(module)
                     elif _plain_cast_linear(module):
                         module.forward = _linear_saving_stored_weight(module, owner)
+                        patched_layers.append(module)
+                    elif _plain_conv2d(module):
+                        module.forward = _conv_keeping_no_input(module, owner)
+                        patched_layers.append(module)
+                    elif _plain_geglu(module):
+                        module.forward = _geglu_keeping_projection(module, owner)
+                        patched_layers.append(module)
+                    elif _starts_with_norm_then_silu(module):
+                        module.forward = _sequential_with_lean_norm(module, owner)
                         patched_layers.append(module)
             with out_of_place_layers(*modules):  # T5's and Flux's in-place residuals (flow-matching families)
                 yield
