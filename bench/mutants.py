@@ -388,6 +388,12 @@ EQUIVALENT: dict[str, str] = {
     "tokensmith.training_data.x_fit__mutmut_35":
         "interpolate's align_corners=False -> None: torch takes None as False for bilinear",
     "tokensmith.training_data.x_fit__mutmut_40": "align_corners dropped: its default None is taken as False",
+    "tokensmith.cli.x_cmd_card__mutmut_9":
+        "the picture's im.convert('RGB') -> im.convert(None): convert(None) is a copy (P becomes RGB or RGBA), and "
+        "png_card_bytes converts the picture to RGB itself, to the same pixels",
+    "tokensmith.cli.x_inspect_folder__mutmut_13":
+        "entry.pop('path', None) -> pop('path'): every header read_header returns has a 'path' (_header_dict "
+        "writes it), so the default is never needed",
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}
