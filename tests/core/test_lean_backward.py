@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tokensmith.lean_backward import Conv2dInputGrad, GegluProduct
+from tokensmith.lean_backward import Conv2dInputGrad, GegluProduct, GroupNormSiLU
 
 
 def saved_storages(fn):
@@ -115,3 +115,51 @@ def test_geglu_keeps_only_the_projection():
     _, plain = saved_storages(lambda: plain_geglu(h_plain))
     assert set(lean) == {h_lean.untyped_storage().data_ptr()}
     assert len(plain) == 2 and h_plain.untyped_storage().data_ptr() in plain  # torch keeps gelu(gate) too
+
+
+def plain_norm_silu(x, groups, weight, bias, eps):
+    return F.silu(F.group_norm(x, groups, weight, bias, eps))
+
+
+@pytest.mark.parametrize("groups, eps", [(2, 1e-5), (4, 1e-6), (1, 0.1)])
+def test_group_norm_silu_forward_and_gradient_equal_torchs_bitwise(groups, eps):
+    gen = torch.Generator().manual_seed(10)
+    x = torch.randn(2, 8, 5, 6, generator=gen) * 2 + 0.5
+    weight = torch.randn(8, generator=gen)
+    bias = torch.randn(8, generator=gen)
+    upstream = torch.randn(x.shape, generator=gen)
+    results = []
+    for fn in (plain_norm_silu, GroupNormSiLU.apply):
+        xi = x.clone().requires_grad_()
+        out = fn(xi, groups, weight, bias, eps)
+        (out * upstream).sum().backward()
+        results.append((out.detach(), xi.grad))
+    (plain_out, plain_grad), (lean_out, lean_grad) = results
+    assert torch.equal(lean_out, plain_out)
+    assert torch.equal(lean_grad, plain_grad)
+
+
+def test_group_norm_silu_without_affine_and_in_float64():
+    x = torch.randn(1, 4, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(11), requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: GroupNormSiLU.apply(t, 2, None, None, 1e-5), (x,))
+    assert torch.equal(GroupNormSiLU.apply(x, 2, None, None, 1e-5), plain_norm_silu(x, 2, None, None, 1e-5))
+
+
+def test_group_norm_silu_keeps_only_its_input_and_the_frozen_affine():
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(1, 4, 8, 8, generator=gen)
+    weight, bias = torch.randn(4, generator=gen), torch.randn(4, generator=gen)
+    x_lean = (x * 1.0).requires_grad_()
+    _, lean = saved_storages(lambda: GroupNormSiLU.apply(x_lean, 2, weight, bias, 1e-5))
+    x_plain = (x * 1.0).requires_grad_()
+    out, plain = saved_storages(lambda: plain_norm_silu(x_plain, 2, weight, bias, 1e-5))
+    assert set(lean) == {t.untyped_storage().data_ptr() for t in (x_lean, weight, bias)}
+    assert len([p for p in plain if p not in lean]) >= 2  # torch also keeps the norm's output (and its statistics)
+
+
+def test_group_norm_silu_gives_no_gradient_to_weight_or_bias():
+    weight = torch.randn(4, requires_grad=True)
+    bias = torch.randn(4, requires_grad=True)
+    x = torch.randn(1, 4, 2, 2, requires_grad=True)
+    GroupNormSiLU.apply(x, 2, weight, bias, 1e-5).sum().backward()
+    assert x.grad is not None and weight.grad is None and bias.grad is None
