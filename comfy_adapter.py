@@ -656,6 +656,16 @@ def _linear_saving_stored_weight(module, owner: int):
     return forward
 
 
+def _training_forward(module, owner: int):
+    """The forward a frozen layer gets for training calls (keeping less for backward), or None."""
+    routes = ((_plain_cast_linear, _linear_saving_stored_weight), (_plain_conv2d, _conv_keeping_no_input),
+              (_plain_geglu, _geglu_keeping_projection), (_starts_with_norm_then_silu, _sequential_with_lean_norm))
+    for applies, make in routes:
+        if applies(module):
+            return make(module, owner)
+    return None
+
+
 def _plain_cast_linear(module) -> bool:
     # a Linear whose cast is disable_weight_init's / manual_cast's (not fp8, cuBLAS or other ops classes)
     base = getattr(getattr(comfy.ops, "disable_weight_init", None), "Linear", None)
@@ -780,17 +790,8 @@ def trainable_graph(*modules: torch.nn.Module) -> Iterator[None]:
                     if isinstance(module, comfy.clip_model.CLIPLayer) and "forward" not in module.__dict__:
                         module.forward = _out_of_place_clip_layer(module, owner)
                         patched_layers.append(module)
-                    elif _plain_cast_linear(module):
-                        module.forward = _linear_saving_stored_weight(module, owner)
-                        patched_layers.append(module)
-                    elif _plain_conv2d(module):
-                        module.forward = _conv_keeping_no_input(module, owner)
-                        patched_layers.append(module)
-                    elif _plain_geglu(module):
-                        module.forward = _geglu_keeping_projection(module, owner)
-                        patched_layers.append(module)
-                    elif _starts_with_norm_then_silu(module):
-                        module.forward = _sequential_with_lean_norm(module, owner)
+                    elif (training_forward := _training_forward(module, owner)) is not None:
+                        module.forward = training_forward
                         patched_layers.append(module)
             with out_of_place_layers(*modules):  # T5's and Flux's in-place residuals (flow-matching families)
                 yield

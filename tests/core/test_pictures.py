@@ -9,20 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.core.picture_files import input_root, save
 from tokensmith import pictures
 from tokensmith.errors import TokenSmithError
 
 
-def save(path, size=(300, 260), colour=(200, 30, 30), mode="RGB", **kwargs):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new(mode, size, colour).save(path, **kwargs)
-    return path
-
-
 @pytest.fixture
 def root(tmp_path):
-    (tmp_path / "input").mkdir()
-    return tmp_path / "input"
+    return input_root(tmp_path)
 
 
 def names(root, folder="set", recursive=False):

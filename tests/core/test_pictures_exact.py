@@ -12,24 +12,21 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from tests.core.picture_files import input_root, save
 from tests.core.refusals import refused
 from tokensmith import pictures
 from tokensmith.pictures import PicturesError
+
+
+@pytest.fixture
+def root(tmp_path):
+    return input_root(tmp_path)
+
 
 NO_FOLDER = ("no folder given: pick a subfolder of ComfyUI's input folder (put the pictures in input/NAME/ and "
              "refresh the page)")
 
 
-def save(path, size=(300, 260), colour=(200, 30, 30), mode="RGB", **kwargs):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new(mode, size, colour).save(path, **kwargs)
-    return path
-
-
-@pytest.fixture
-def root(tmp_path):
-    (tmp_path / "input").mkdir()
-    return tmp_path / "input"
 
 
 # ---------------------------------------------------------------- the folder name
