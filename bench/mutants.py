@@ -49,7 +49,26 @@ ROUTE_TIMEOUT_S = 300
 
 # mutant -> why no test can tell it from the original (mutmut's numbering is stable while the
 # function's source does not change; a changed function shows its survivors again).
+BIG_ENDIAN_ONLY = ("the big-endian byte swap: this branch runs only where sys.byteorder is 'big'; every machine this runs on (x86, ARM) is little-endian")
+
 EQUIVALENT: dict[str, str] = {
+    "tokensmith.formats.safetensors_fmt.x_parse_header__mutmut_43":
+        "'utf-8' -> 'UTF-8': Python's codec names are case-insensitive",
+    "tokensmith.formats.safetensors_fmt.x_read_tensor__mutmut_17":
+        "nbytes == 0 -> == 1: every float dtype read (F16, BF16, F32, F64) is 2 bytes or more, so a float tensor "
+        "cannot hold 1 byte (parse_header refuses a shape that does not match its bytes)",
+    "tokensmith.formats.safetensors_fmt.x_read_tensor__mutmut_43": BIG_ENDIAN_ONLY,
+    "tokensmith.formats.safetensors_fmt.x_read_tensor__mutmut_44": BIG_ENDIAN_ONLY,
+    "tokensmith.formats.safetensors_fmt.x_read_tensor__mutmut_45": BIG_ENDIAN_ONLY,
+    "tokensmith.formats.safetensors_fmt.x_read_tensor__mutmut_46": BIG_ENDIAN_ONLY,
+    "tokensmith.formats.safetensors_fmt.x_read_tensor__mutmut_47": BIG_ENDIAN_ONLY,
+    "tokensmith.formats.safetensors_fmt.x_read_tensor__mutmut_48": BIG_ENDIAN_ONLY,
+    "tokensmith.formats.safetensors_fmt.x_read_tensor__mutmut_49": BIG_ENDIAN_ONLY,
+    "tokensmith.formats.safetensors_fmt.x_read_tensor__mutmut_50": BIG_ENDIAN_ONLY,
+    "tokensmith.formats.safetensors_fmt.x_read_tensor__mutmut_51": BIG_ENDIAN_ONLY,
+    "tokensmith.formats.safetensors_fmt.x_read_tensor__mutmut_52": BIG_ENDIAN_ONLY,
+    "tokensmith.formats.safetensors_fmt.x_read_tensor__mutmut_53": BIG_ENDIAN_ONLY,
+    "tokensmith.formats.safetensors_fmt.x_read_tensor__mutmut_54": BIG_ENDIAN_ONLY,
     "tokensmith.formats.torch_fmt.x__load__mutmut_17":
         "map_location='cpu' -> None: a file's tensors load where they were saved, and on this CPU-only machine "
         "no test can write a file whose tensors were saved anywhere else",

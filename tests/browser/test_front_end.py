@@ -59,14 +59,14 @@ def open_template(page, name: str) -> None:
     page.get_by_text("TokenSmith", exact=True).first.click(timeout=20_000)
     page.locator(f'[data-testid="template-workflow-{name}"]').first.click(timeout=20_000)
     # the example names a checkpoint the test server lacks: older front ends say so in a dialog
-    wait_until(lambda: page.evaluate("() => (window.app.graph._nodes || []).length > 0"), 20, f"{name!r} to load")
+    wait_until(lambda: page.evaluate("() => (window.app.graph._nodes || []).length > 0"), 60, f"{name!r} to load")
     page.wait_for_timeout(300)
     close_missing_models_dialog(page)
     # on a busy machine the dialog can open later than that: close it whenever it shows
     wait_until(lambda: close_missing_models_dialog(page) or
                page.evaluate("(n) => (window.app.graph._nodes || []).length > 0 && "
                              "!document.querySelector('.p-dialog-mask')", name),
-               20, f"the template {name!r} to load and the dialog to close")
+               60, f"the template {name!r} to load and the dialog to close")
     page.wait_for_timeout(300)
 
 

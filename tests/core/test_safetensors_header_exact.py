@@ -89,3 +89,50 @@ def test_another_dtypes_shape_is_checked_against_its_bytes_too():
 def test_a_well_formed_header_is_read():
     header = parse_header(io.BytesIO(with_header({"emb": GOOD}, bytes(8))), PATH, len(with_header({"emb": GOOD})) + 8)
     assert header.tensors["emb"].shape == (2,) and (header.tensors["emb"].begin, header.tensors["emb"].end) == (0, 8)
+
+
+def test_metadata_that_is_not_an_object_is_refused_word_for_word():
+    assert refusal(with_header({"__metadata__": ["a"]})) == f"{PATH}: safetensors __metadata__ is not a JSON object"
+
+
+def test_metadata_numbers_become_text_and_other_values_are_dropped():
+    data = with_header({"__metadata__": {"a": "x", "n": 3, "f": 0.5, "b": True, "l": [1], "d": {"k": 1}, "z": None}})
+    assert parse_header(io.BytesIO(data), PATH, len(data)).metadata == {"a": "x", "n": "3", "f": "0.5", "b": "true"}
+
+
+def read_refusal(entry, data: bytes, key: str = "emb") -> str:
+    from tokensmith.formats.safetensors_fmt import read_tensor
+
+    whole = with_header({key: entry}, data)
+    header = parse_header(io.BytesIO(whole), PATH, len(whole))
+    cut = io.BytesIO(whole[:-1]) if entry.get("cut") else io.BytesIO(whole)
+    with pytest.raises(EmbeddingFileError) as caught:
+        read_tensor(cut, PATH, header, key)
+    assert caught.value.path == PATH
+    return str(caught.value)
+
+
+def test_a_non_float_tensor_is_refused_word_for_word():
+    entry = {"dtype": "I32", "shape": [2], "data_offsets": [0, 8]}
+    assert read_refusal(entry, bytes(8), "ids") == (
+        f"{PATH}: tensor 'ids' has dtype I32; an embedding must be floating point")
+
+
+def test_an_empty_tensor_is_refused_with_its_shape():
+    entry = {"dtype": "F32", "shape": [0, 768], "data_offsets": [0, 0]}
+    assert read_refusal(entry, b"") == f"{PATH}: tensor 'emb' is empty (shape [0, 768])"
+
+
+def test_a_tensor_past_the_limit_is_refused_and_one_at_it_is_not(monkeypatch):
+    import tokensmith.formats.safetensors_fmt as fmt
+
+    monkeypatch.setattr(fmt, "MAX_TENSOR_BYTES", 8)
+    entry = {"dtype": "F32", "shape": [3], "data_offsets": [0, 12]}
+    assert read_refusal(entry, bytes(12)) == f"{PATH}: tensor 'emb' is 12 bytes (limit 8); too large for an embedding"
+    ok = with_header({"emb": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, bytes(8))
+    assert fmt.read_tensor(io.BytesIO(ok), PATH, parse_header(io.BytesIO(ok), PATH, len(ok)), "emb").tolist() == [0.0, 0.0]
+
+
+def test_a_file_cut_inside_a_tensor_is_refused_word_for_word():
+    entry = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8], "cut": True}
+    assert read_refusal(entry, bytes(8)) == f"{PATH}: file is truncated inside tensor 'emb'"
