@@ -1,6 +1,6 @@
 """A .pt file that would run code is refused even where a user has told torch to load pickles in
-full by default (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1, which only changes calls that leave
-weights_only unset): TokenSmith asks for weights_only=True on both of its loads, the plain one and
+full by default (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1, which torch documents as forcing
+weights_only=False on every call that leaves it unset): TokenSmith asks for weights_only=True on both of its loads, the plain one and
 the one that admits A1111's ParameterDict."""
 
 from __future__ import annotations
@@ -28,15 +28,6 @@ class MakesAFolder:
 def full_pickles_by_default(monkeypatch):
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     monkeypatch.delenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", raising=False)
-
-
-def test_the_setting_would_run_the_code_when_weights_only_is_left_unset(tmp_path, full_pickles_by_default):
-    # the control: what a reader that leaves weights_only unset would do with the same file
-    path, marker = tmp_path / "evil.pt", tmp_path / "ran"
-    torch.save({"string_to_param": {"*": torch.zeros(1, 4)}, "x": MakesAFolder(marker)}, path)
-    with pytest.warns(UserWarning, match="forcing weights_only=False"):
-        torch.load(path)
-    assert marker.is_dir()
 
 
 def test_a_plain_pickle_with_code_is_refused_and_never_runs(tmp_path, full_pickles_by_default):
