@@ -214,6 +214,8 @@ def build_unet(seed: int):
     # output convolutions, res blocks' second convs and transformers' out projections at zero, as
     # the original UNet starts
     _init_(base.diffusion_model, seed, zero=["out.2.", "out_layers.3.", "proj_out."])
+    # newer ComfyUI builds models with their weights frozen (it only samples); here they are trained
+    base.diffusion_model.requires_grad_(True)
     return base
 
 
