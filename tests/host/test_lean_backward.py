@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-PROMPTS = ["a photo of [name] on a wooden table", "a close-up of a [name]"]
+from tests.host.training_step import training_step
+
 ROUTES = ("_plain_conv2d", "_plain_geglu", "_starts_with_norm_then_silu")
 
 
@@ -19,11 +20,6 @@ def step(adapter, ms):
     diffusion-model module that saved it and the tensor's number of dimensions, and the storages of the convolutions' inputs."""
     import comfy.ops
 
-    gen = torch.Generator().manual_seed(0)
-    encoders = adapter.encoders_of(ms.clip)
-    params = {e.key: (0.3 * torch.randn(2, e.width, generator=gen)).requires_grad_() for e in encoders}
-    x0 = torch.randn(2, 4, 8, 8, generator=gen)
-    noise = torch.randn(2, 4, 8, 8, generator=gen)
     unet = ms.model.model.diffusion_model
     stack, saved, conv_inputs, hooks = [], {}, set(), []
     for module in unet.modules():
@@ -43,19 +39,11 @@ def step(adapter, ms):
         return t
 
     try:
-        with adapter.PromptRows(ms.clip, 2) as rows, adapter.trainable_graph(ms.model.model, ms.clip.cond_stage_model):
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                token_sets = [adapter.fill_slots(rows.tokens(p), params, encoders) for p in PROMPTS]
-                cond, pooled = adapter.encode_batch(ms.clip, token_sets)
-                sigmas = adapter.sample_sigmas(ms.model, torch.tensor([0.3, 0.8]))
-                xt = adapter.noisy_latents(ms.model, sigmas, noise, x0)
-                pred = adapter.denoise(ms.model, xt, sigmas, cond, pooled, (64, 64))
-                loss = ((pred.float() - x0) ** 2).mean()
-            loss.backward()
+        loss, grads = training_step(adapter, ms, pack)
     finally:
         for h in hooks:
             h.remove()
-    return float(loss.detach()), {k: v.grad.clone() for k, v in params.items()}, saved, conv_inputs
+    return loss, grads, saved, conv_inputs
 
 
 def saved_by(saved: dict, kind: str, dims: int | None = None) -> int:

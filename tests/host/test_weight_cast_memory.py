@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-PROMPTS = ["a photo of [name] on a wooden table", "a close-up of a [name]"]
+from tests.host.training_step import training_step
 
 
 @pytest.fixture(scope="module")
@@ -49,30 +49,18 @@ def linear_weight_shapes(root: torch.nn.Module) -> set[tuple]:
 
 
 def step(adapter, ms):
-    """One training forward + backward as the trainer does it; returns the loss, the vectors'
-    gradients and every tensor autograd saved for backward (packed by saved_tensors_hooks)."""
-    gen = torch.Generator().manual_seed(0)
-    encoders = adapter.encoders_of(ms.clip)
-    params = {e.key: (0.3 * torch.randn(2, e.width, generator=gen)).requires_grad_() for e in encoders}
-    x0 = torch.randn(2, 4, 8, 8, generator=gen)
-    noise = torch.randn(2, 4, 8, 8, generator=gen)
-    saved = []
+    """One training step (tests/host/training_step.py); returns the loss, the vectors' gradients,
+    every tensor autograd saved for backward and the text encoder's own storages."""
+    saved, model_storages = [], set()
 
     def pack(t):
         saved.append(t)
         return t
 
-    with adapter.PromptRows(ms.clip, 2) as rows, adapter.trainable_graph(ms.model.model, ms.clip.cond_stage_model):
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            token_sets = [adapter.fill_slots(rows.tokens(p), params, encoders) for p in PROMPTS]
-            cond, pooled = adapter.encode_batch(ms.clip, token_sets)
-            sigmas = adapter.sample_sigmas(ms.model, torch.tensor([0.3, 0.8]))
-            xt = adapter.noisy_latents(ms.model, sigmas, noise, x0)
-            pred = adapter.denoise(ms.model, xt, sigmas, cond, pooled, (64, 64))
-            loss = ((pred.float() - x0) ** 2).mean()
-        model_storages = _storages(ms.clip.cond_stage_model)  # the aliases share the model's storage
-        loss.backward()
-    return float(loss.detach()), {k: v.grad.clone() for k, v in params.items()}, saved, model_storages
+    # taken inside the block: the aliases share the model's storage
+    loss, grads = training_step(adapter, ms, pack,
+                                lambda: model_storages.update(_storages(ms.clip.cond_stage_model)))
+    return loss, grads, saved, model_storages
 
 
 def fp32_weight_casts(saved, shapes) -> int:
