@@ -55,7 +55,8 @@ def parse_step(value: object) -> int | None:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    # isdecimal, not isdigit: int() refuses digits such as "²"; one minus sign only ("--3" is no number)
+    if isinstance(value, str) and value.strip().removeprefix("-").isdecimal():
         return int(value.strip())
     return None
 
