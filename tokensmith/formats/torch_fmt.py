@@ -29,7 +29,7 @@ class ParameterDictStandIn:
 
     @property
     def parameters(self) -> dict:
-        params = self.state.get("_parameters")
+        params = getattr(self, "state", {}).get("_parameters")  # no state when the file has no BUILD for it
         return dict(params) if isinstance(params, dict) else {}
 
 
