@@ -44,7 +44,6 @@ class SafetensorsHeader:
     tensors: dict[str, TensorEntry]
     metadata: dict[str, str]
     data_start: int
-    file_size: int
 
 
 def _metadata_strings(raw: object, path) -> dict[str, str]:
@@ -87,7 +86,7 @@ def parse_header(fh, path, file_size: int) -> SafetensorsHeader:
     tensors: dict[str, TensorEntry] = {}
     for key, info in header.items():
         tensors[key] = _entry(key, info, data_len, path)
-    return SafetensorsHeader(tensors=tensors, metadata=metadata, data_start=data_start, file_size=file_size)
+    return SafetensorsHeader(tensors=tensors, metadata=metadata, data_start=data_start)
 
 
 def _entry(key: str, info: object, data_len: int, path) -> TensorEntry:
