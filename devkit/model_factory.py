@@ -177,6 +177,17 @@ SD15_CHECKPOINT_UNET = {
 }
 
 
+def checkpoint_state_dict(base, clip_sd: dict, vae_sd: dict) -> dict:
+    """A model_base model's weights with its CLIP and VAE, in ComfyUI's checkpoint layout. ComfyUI
+    v0.33 takes the diffusion model's state dict as a first argument where v0.3.75 read it itself."""
+    import inspect
+
+    kwargs = {"clip_state_dict": clip_sd, "vae_state_dict": vae_sd}
+    if "unet_state_dict" in inspect.signature(base.state_dict_for_saving).parameters:
+        kwargs["unet_state_dict"] = base.diffusion_model.state_dict()
+    return base.state_dict_for_saving(**kwargs)
+
+
 def write_sd15_checkpoint(path, seed: int = 0) -> None:
     """Write a real-architecture SD1.5 checkpoint (full CLIP-L and standard VAE, random weights)."""
     import_comfy()
@@ -195,7 +206,7 @@ def write_sd15_checkpoint(path, seed: int = 0) -> None:
                                    "decoder.up.3.upsample.conv.weight": torch.zeros(512, 512, 3, 3),
                                    "post_quant_conv.weight": torch.zeros(4, 4, 1, 1)}, dtype=torch.float32)
         fill_seeded(vae.first_stage_model, seed + 2)
-        sd = model.model.state_dict_for_saving(clip.get_sd(), vae.get_sd(), None)
+        sd = checkpoint_state_dict(model.model, clip.get_sd(), vae.get_sd())
         # fp16, as most published SD1.5 checkpoints are stored
         sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
         comfy.utils.save_torch_file(sd, str(path), metadata={"tokensmith.note": "random weights, for tests and the demo only"})
@@ -448,6 +459,6 @@ def write_sd3_checkpoint(path, seed: int = 0) -> None:
             clip = comfy.sd.CLIP(target=target, model_options={"dtype": torch.float16})
         fill_seeded_fast(clip.cond_stage_model, seed + 1)
         vae = _sd3_vae(seed + 2)
-        sd = base.state_dict_for_saving(clip.get_sd(), vae.get_sd(), None)
+        sd = checkpoint_state_dict(base, clip.get_sd(), vae.get_sd())
         sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
         comfy.utils.save_torch_file(sd, str(path), metadata={"tokensmith.note": "random weights, for tests only"})

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..model_factory import checkpoint_state_dict
 from . import world
 
 UNET = {
@@ -342,7 +343,7 @@ def build(path: Path, s: Settings | None = None) -> dict:
               "threads": torch.get_num_threads(), "loss_by_noise": loss_by_noise(by_t), "caption_gap": gap,
               "settings": {k: getattr(s, k) for k in vars(Settings) if not k.startswith("_")}}
     with torch.no_grad():
-        sd = base.state_dict_for_saving(clip.get_sd(), vae.state_dict(), None)
+        sd = checkpoint_state_dict(base, clip.get_sd(), vae.state_dict())
         sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
