@@ -58,3 +58,19 @@ def test_the_checkpoint_draws_the_background_and_colour_its_prompt_names(miniwor
     rates, chance = result["agreement"], result["chance"]
     assert rates["background"] >= 0.8 > 2 * chance["background"], rates
     assert rates["colour"] >= 0.5 > 2 * chance["colour"], rates
+
+
+def test_pre_training_reaches_every_unet_weight_on_this_host(comfy_base):
+    """The pre-training's UNet takes a gradient in every weight on this host (ComfyUI v0.33 builds
+    its models frozen: built the old way, the first backward of the build failed there)."""
+    from devkit.miniworld import pretrain
+
+    base = pretrain.build_unet(seed=0)
+    unet = base.diffusion_model
+    gen = torch.Generator().manual_seed(0)
+    sigma = base.model_sampling.sigmas[torch.tensor([500])].float()
+    x = torch.randn(1, 4, 8, 8, generator=gen)
+    pred = base.apply_model(x, sigma, c_crossattn=torch.randn(1, 77, 768, generator=gen))
+    ((pred - x) ** 2).mean().backward()
+    missing = [name for name, p in unet.named_parameters() if p.grad is None]
+    assert missing == []
