@@ -1,8 +1,8 @@
 """`make mutants`: mutation testing; prints the kill rate and the survivors, writes bench/results/mutants.json.
 
-    python -m bench.mutants [TARGET ...]      (make mutants ARGS="tokensmith/names.py server_routes.py")
+    python -m bench.mutants [TARGET ...]      (make mutants ARGS="tokensmith/names.py server_routes.py nodes/use.py")
 
-TARGET is a file or folder under tokensmith/ or server_routes.py; none means all of them. Takes long
+TARGET is a file or folder under tokensmith/, server_routes.py, nodes or nodes/X.py; none means all of them. Takes long
 (on this project's shared 2-core machine mutmut runs about one mutant a second, and tokensmith/ has
 about 8,200), so run a subset while working on one module.
 
@@ -10,11 +10,15 @@ about 8,200), so run a subset while working on one module.
   the code to mutants/, mutates it there and runs, for each mutant, the tests/core tests that reach
   the mutated function; one worker. Its results accumulate in mutants/*.meta (a second run only tries
   what changed); `mutmut show NAME` shows one mutant, `rm -rf mutants` starts afresh.
-- server_routes.py: the info route's answer (embedding_info_reply: the name check, the files it
-  tries, 400/404) mutated by the runner below, because mutmut cannot reach it: ComfyUI imports the
-  pack under its folder's name (custom_nodes.X.server_routes), and mutmut's switch only acts on the
-  module name it derived from the path. One warm in-process ComfyUI; each mutant is compiled into
-  the loaded module in a forked child that runs tests/host/test_info_route.py (a timeout kills it).
+- server_routes.py and nodes/: mutated by bench/mutants_hosted.py, because mutmut cannot reach them:
+  ComfyUI imports the pack under its folder's name (custom_nodes.X.nodes.prompt), and mutmut's switch
+  only acts on the module name it derived from the path. One warm in-process ComfyUI; each mutant is
+  compiled into the loaded module (a method onto its class) in a forked child that runs the tests
+  HOSTED lists for that module (a timeout kills it). server_routes.py: the info route's answer
+  (embedding_info_reply: the name check, the files it tries, 400/404), with test_info_route.py.
+  nodes/X.py: every function and method (define_schema, execute, helpers), with the host tests that
+  run those nodes and test_node_docs.py (schemas against js/docs); its equivalents are listed in
+  bench/mutants_hosted.py's NODE_EQUIVALENT.
 
 A surviving mutant is either killed by a test or listed in EQUIVALENT below with why it cannot be.
 The result file: {"total", "killed", "equivalent", "rate", "rate_of_non_equivalent", "seconds", "modules":
@@ -26,26 +30,18 @@ reaches as survived.
 from __future__ import annotations
 
 import argparse
-import ast
-import copy
-import difflib
 import json
 import os
-import signal
 import subprocess
 import sys
-import tempfile
 import time
-import types
 from pathlib import Path
 
+from bench.mutants_hosted import NODE_EQUIVALENT, hosted_modules, run_hosted
 from devkit.comfy_host import REPO_ROOT
 
 RESULTS = REPO_ROOT / "bench" / "results" / "mutants.json"
 MUTMUT = Path(sys.executable).parent / "mutmut"
-ROUTE_FUNCTION = "embedding_info_reply"
-ROUTE_TESTS = ["tests/host/test_info_route.py"]
-ROUTE_TIMEOUT_S = 300
 
 # mutant -> why no test can tell it from the original (mutmut's numbering is stable while the
 # function's source does not change; a changed function shows its survivors again).
@@ -503,220 +499,13 @@ def _mutmut_diff(name: str) -> str:
     return "\n".join(ln for ln in lines if ln[:1] in "+-" and not ln.startswith(("+++", "---")))
 
 
-# ------------------------------------------------------------------- the runner for the route's answer
-
-_OPPOSITE = {ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.Lt: ast.GtE, ast.GtE: ast.Lt, ast.Gt: ast.LtE,
-             ast.LtE: ast.Gt, ast.In: ast.NotIn, ast.NotIn: ast.In, ast.Is: ast.IsNot, ast.IsNot: ast.Is}
-_BINOP = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.Mod: ast.Mult}
-
-
-class _Mutator(ast.NodeTransformer):
-    """Counts the mutation points of a function in a fixed order; with `target` set, applies that one.
-
-    Operators (as mutmut's): comparison swapped for its opposite, and/or swapped, `not` dropped, an
-    if/while condition negated, a string constant changed ('XX'...'XX'), a number +1, True/False
-    swapped, + - * / swapped, a returned value replaced by None, an element of a tuple or list
-    literal dropped, an argument of a call dropped, an except clause catching another error."""
-
-    def __init__(self, target: int = -1):
-        self.target = target
-        self.count = 0
-        self.applied = ""
-
-    def _hit(self, what: str) -> bool:
-        hit = self.count == self.target
-        self.count += 1
-        if hit:
-            self.applied = what
-        return hit
-
-    def visit_FunctionDef(self, node):
-        body = node.body
-        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-            node.body = body[:1] + [self.visit(s) for s in body[1:]]  # the docstring is not code
-        else:
-            node.body = [self.visit(s) for s in body]
-        return node
-
-    def visit_Compare(self, node):
-        self.generic_visit(node)
-        for i, op in enumerate(node.ops):
-            if type(op) in _OPPOSITE and self._hit(f"comparison {type(op).__name__} -> opposite"):
-                node.ops[i] = _OPPOSITE[type(op)]()
-        return node
-
-    def visit_BoolOp(self, node):
-        self.generic_visit(node)
-        if self._hit("and/or swapped"):
-            node.op = ast.Or() if isinstance(node.op, ast.And) else ast.And()
-        return node
-
-    def visit_UnaryOp(self, node):
-        self.generic_visit(node)
-        if isinstance(node.op, ast.Not) and self._hit("not dropped"):
-            return node.operand
-        return node
-
-    def visit_If(self, node):
-        self.generic_visit(node)
-        if self._hit("if condition negated"):
-            node.test = ast.UnaryOp(op=ast.Not(), operand=node.test)
-        return node
-
-    visit_While = visit_If
-
-    def visit_Constant(self, node):
-        v = node.value
-        if isinstance(v, bool):
-            if self._hit(f"{v} -> {not v}"):
-                return ast.Constant(not v)
-        elif isinstance(v, (int, float)):
-            if self._hit(f"{v} -> {v + 1}"):
-                return ast.Constant(v + 1)
-        elif isinstance(v, str):
-            if self._hit(f"{v!r} -> 'XX{v}XX'"):
-                return ast.Constant(f"XX{v}XX")
-        return node
-
-    def visit_BinOp(self, node):
-        self.generic_visit(node)
-        if type(node.op) in _BINOP and self._hit(f"{type(node.op).__name__} swapped"):
-            node.op = _BINOP[type(node.op)]()
-        return node
-
-    def visit_Return(self, node):
-        self.generic_visit(node)
-        if node.value is not None and self._hit("return None"):
-            node.value = ast.Constant(None)
-        return node
-
-    def _drop_elements(self, node):
-        self.generic_visit(node)
-        if len(node.elts) > 1:
-            for i in range(len(node.elts)):
-                if self._hit(f"element {i} dropped"):
-                    node.elts = node.elts[:i] + node.elts[i + 1:]
-                    break
-        return node
-
-    visit_Tuple = visit_List = _drop_elements
-
-    def visit_Call(self, node):
-        self.generic_visit(node)
-        for i in range(len(node.args)):
-            if self._hit(f"argument {i} dropped"):
-                node.args = node.args[:i] + node.args[i + 1:]
-                return node
-        for i in range(len(node.keywords)):
-            if self._hit(f"keyword {node.keywords[i].arg} dropped"):
-                node.keywords = node.keywords[:i] + node.keywords[i + 1:]
-                return node
-        return node
-
-    def visit_ExceptHandler(self, node):
-        self.generic_visit(node)
-        if node.type is not None and self._hit("except catches ZeroDivisionError"):
-            node.type = ast.Name(id="ZeroDivisionError", ctx=ast.Load())
-        return node
-
-
-def _function_node(path: Path, name: str) -> ast.FunctionDef:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    found = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name]
-    if len(found) != 1:
-        raise SystemExit(f"{path}: no single top-level function {name}")
-    return found[0]
-
-
-def route_mutants() -> list[tuple[str, str, ast.FunctionDef]]:
-    original = _function_node(REPO_ROOT / "server_routes.py", ROUTE_FUNCTION)
-    counter = _Mutator()
-    counter.visit(copy.deepcopy(original))
-    out = []
-    before = ast.unparse(original).splitlines()
-    for k in range(counter.count):
-        m = _Mutator(k)
-        mutated = ast.fix_missing_locations(m.visit(copy.deepcopy(original)))
-        after = ast.unparse(mutated).splitlines()
-        diff = "\n".join(ln for ln in difflib.unified_diff(before, after, lineterm="", n=0)
-                         if ln[:1] in "+-" and not ln.startswith(("+++", "---")))
-        out.append((f"server_routes.{ROUTE_FUNCTION}__{k + 1}", f"{m.applied}\n{diff}", mutated))
-    return out
-
-
-def _mutant_function(mod, mutated: ast.FunctionDef):
-    """The mutated function, made from its compiled code in the loaded module's globals (no exec):
-    it replaces the original there, defaults and all, for this child process only."""
-    module_code = compile(ast.Module(body=[mutated], type_ignores=[]), mod.__file__, "exec")
-    code = next(c for c in module_code.co_consts if isinstance(c, types.CodeType) and c.co_name == mutated.name)
-    original = getattr(mod, mutated.name)
-    fn = types.FunctionType(code, mod.__dict__, mutated.name, original.__defaults__)
-    fn.__kwdefaults__ = original.__kwdefaults__
-    return fn
-
-
-def _run_route_child(mod, mutated: ast.FunctionDef | None) -> int:
-    import pytest
-
-    if mutated is not None:
-        setattr(mod, mutated.name, _mutant_function(mod, mutated))
-    return int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *ROUTE_TESTS]))
-
-
-def _in_fork(mod, mutated) -> int:
-    pid = os.fork()
-    if pid == 0:
-        code = 99
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 1)
-            os.dup2(devnull, 2)
-            code = _run_route_child(mod, mutated)
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + ROUTE_TIMEOUT_S
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return 36
-        time.sleep(0.2)
-
-
-def run_route() -> tuple[dict[str, dict], list[dict]]:
-    from devkit import comfy_host
-
-    started = time.monotonic()
-    sys.path.insert(0, str(REPO_ROOT))
-    comfy_host.start_in_process(tempfile.mkdtemp(prefix="ts-route-mutants-"))
-    mod = comfy_host.pack_import("server_routes")
-    clean = _in_fork(mod, None)
-    if clean != 0:
-        raise SystemExit(f"the route tests fail without a mutant (exit {clean}): {ROUTE_TESTS}")
-    survivors, killed, mutants = [], 0, route_mutants()
-    for name, diff, mutated in mutants:
-        code = _in_fork(mod, mutated)
-        status = "timeout" if code == 36 else ("survived" if code == 0 else "killed")
-        killed += status in KILLED
-        print(f"  {name}: {status}", flush=True)
-        if status not in KILLED:
-            survivors.append({"mutant": name, "status": status, "diff": diff, "equivalent": EQUIVALENT.get(name)})
-    elapsed = time.monotonic() - started
-    print(f"route runner: {elapsed:.0f} s for {len(mutants)} mutants of server_routes.{ROUTE_FUNCTION}")
-    return ({f"server_routes.{ROUTE_FUNCTION}": {"total": len(mutants), "killed": killed,
-                                                 "rate": round(killed / len(mutants), 4),
-                                                 "seconds": round(elapsed, 1)}}, survivors)
-
-
 # ---------------------------------------------------------------------------------------------- main
 
 
 def _in_module(mutant: str, module: str) -> bool:
-    """tokensmith.names.x_safe_join__mutmut_3 is in tokensmith.names; server_routes.f__2 in server_routes.f."""
-    if mutant.startswith(module + "__"):
+    """tokensmith.names.x_safe_join__mutmut_3 is in tokensmith.names; server_routes.f__2 in server_routes.f;
+    nodes.use.PickEmbedding.execute__2 in nodes.use."""
+    if mutant.startswith(module + "__") or (module.startswith("nodes.") and mutant.startswith(module + ".")):
         return True
     head, _, last = mutant.rpartition(".")
     return head == module and (last.startswith("x") or "__" in last)
@@ -724,15 +513,15 @@ def _in_module(mutant: str, module: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("targets", nargs="*", help="files or folders under tokensmith/, or server_routes.py")
+    ap.add_argument("targets", nargs="*", help="files or folders under tokensmith/, server_routes.py, nodes, nodes/X.py")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing: report mutmut's stored results for the tokensmith/ targets (e.g. after "
                          "`mutmut run NAME...` retried single mutants)")
     args = ap.parse_args(argv)
-    targets = [(REPO_ROOT / t).resolve() for t in (args.targets or ["tokensmith", "server_routes.py"])]
-    route = any(t.name == "server_routes.py" for t in targets)
-    core = [t for t in targets if t.name != "server_routes.py"]
+    targets = [(REPO_ROOT / t).resolve() for t in (args.targets or ["tokensmith", "server_routes.py", "nodes"])]
+    hosted = [m for t in targets for m in hosted_modules(t)]
+    core = [t for t in targets if not hosted_modules(t)]
     for t in core:
         if not t.exists() or (REPO_ROOT / "tokensmith") not in [t, *t.parents]:
             raise SystemExit(f"{t}: not a file or folder under tokensmith/")
@@ -743,8 +532,8 @@ def main(argv: list[str] | None = None) -> int:
         m, s = run_mutmut(core, report_only=args.report_only)
         modules.update(m)
         survivors += s
-    if route and not args.report_only:
-        m, s = run_route()
+    if hosted and not args.report_only:
+        m, s = run_hosted(hosted, {**EQUIVALENT, **NODE_EQUIVALENT})
         modules.update(m)
         survivors += s
     for name, m in modules.items():
