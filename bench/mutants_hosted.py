@@ -37,7 +37,8 @@ SCHEMAS = ["tests/host/test_node_schemas.py", "tests/host/test_node_docs.py"]  #
 HOSTED: dict[str, tuple[tuple[str, ...] | None, list[str]]] = {
     "server_routes": (("embedding_info_reply",), ["tests/host/test_info_route.py"]),
     "nodes.sockets": (None, []),
-    "nodes.pictures": (None, [*SCHEMAS, "tests/host/test_picture_loader.py"]),
+    "nodes.pictures": (None, [*SCHEMAS, "tests/host/test_picture_loader_node.py",
+                              "tests/host/test_picture_loader.py"]),
     "nodes.use": (None, [*SCHEMAS, "tests/host/test_use_nodes.py"]),
     "nodes.prompt": (None, [*SCHEMAS, "tests/host/test_prompt_node.py", "tests/host/test_inspect_families.py"]),
     "nodes.inspection": (None, [*SCHEMAS, "tests/host/test_inspect_families.py", "tests/host/test_file_nodes.py"]),

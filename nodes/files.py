@@ -133,7 +133,8 @@ class LoadEmbedding(io.ComfyNode):
                                tooltip="A file in the embeddings folders. After adding files press R (Refresh Node "
                                        "Definitions) or reload the page."),
             ],
-            outputs=[EmbeddingSocket.Output("embedding")],
+            outputs=[EmbeddingSocket.Output("embedding", tooltip="The vectors per text encoder (fp32), with the "
+                                                          "file's name and metadata.")],
         )
 
     @classmethod
@@ -237,7 +238,8 @@ class EmbeddingFromText(io.ComfyNode):
                                 tooltip="Plain words (at most 75 tokens). Prompt syntax such as (word:1.2) or "
                                         "embedding:NAME is not interpreted."),
             ],
-            outputs=[EmbeddingSocket.Output("embedding")],
+            outputs=[EmbeddingSocket.Output("embedding", tooltip="One vector per token, in order, for each encoder of "
+                                                                  "the CLIP.")],
         )
 
     @classmethod
@@ -275,7 +277,7 @@ class ConvertEmbedding(io.ComfyNode):
                               tooltip="An SDXL CLIP: fill the G side from the nearest tokens instead of zeros."),
             ],
             outputs=[
-                EmbeddingSocket.Output("converted"),
+                EmbeddingSocket.Output("converted", tooltip="The converted embedding."),
                 io.String.Output("summary", tooltip="What was done."),
             ],
         )

@@ -110,7 +110,8 @@ class MergeEmbeddings(io.ComfyNode):
                                 tooltip="e.g. a*0.5 + b*0.5, 'red hair'/2 + a, EasyNegative:2, ('cat'+'dog') =/2"),
             ],
             outputs=[
-                EmbeddingSocket.Output("embedding"),
+                EmbeddingSocket.Output("embedding", tooltip="The result (its recipe is kept in the metadata when "
+                                                            "saved)."),
                 io.String.Output("summary", tooltip="What was computed, and the result's shape and norms."),
             ],
         )

@@ -381,7 +381,7 @@ class LossGraph(io.ComfyNode):
                 io.Int.Input("width", default=768, min=256, max=4096, tooltip="Width of the picture in pixels."),
                 io.Int.Input("height", default=512, min=256, max=4096, tooltip="Height of the picture in pixels."),
             ],
-            outputs=[io.Image.Output("image")],
+            outputs=[io.Image.Output("image", tooltip="The graph as a picture, e.g. for Save Image.")],
         )
 
     @classmethod

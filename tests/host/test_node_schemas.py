@@ -66,6 +66,12 @@ def test_the_outputs_of_the_pages_without_a_table(schemas):
     assert [(o.id, o.io_type) for o in schemas["TokenSmithLossGraph"].outputs] == [("image", "IMAGE")]
 
 
+def test_every_node_has_a_description_and_every_output_a_tooltip(schemas):
+    assert not [node_id for node_id, s in schemas.items() if not (s.description or "").strip()]
+    missing = [f"{node_id}.{o.id}" for node_id, s in schemas.items() for o in s.outputs if not (o.tooltip or "").strip()]
+    assert not missing, f"outputs without a tooltip: {missing}"
+
+
 def test_the_nodes_sit_in_their_menus(schemas):
     menus: dict[str, set[str]] = {}
     for node_id, s in schemas.items():
