@@ -39,7 +39,7 @@ HOSTED: dict[str, tuple[tuple[str, ...] | None, list[str]]] = {
     "nodes.sockets": (None, []),
     "nodes.pictures": (None, [*SCHEMAS, "tests/host/test_picture_loader_node.py",
                               "tests/host/test_picture_loader.py"]),
-    "nodes.use": (None, [*SCHEMAS, "tests/host/test_use_nodes.py"]),
+    "nodes.use": (None, [*SCHEMAS, "tests/host/test_use_node_texts.py", "tests/host/test_use_nodes.py"]),
     "nodes.prompt": (None, [*SCHEMAS, "tests/host/test_prompt_node.py", "tests/host/test_inspect_families.py"]),
     "nodes.inspection": (None, [*SCHEMAS, "tests/host/test_inspect_families.py", "tests/host/test_file_nodes.py"]),
     "nodes.merge": (None, [*SCHEMAS, "tests/host/test_merge_node.py"]),
