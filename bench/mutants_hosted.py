@@ -46,7 +46,14 @@ HOSTED: dict[str, tuple[tuple[str, ...] | None, list[str]]] = {
     "nodes.use": (None, [*SCHEMAS, "tests/host/test_use_node_texts.py", "tests/host/test_use_nodes.py"]),
     "nodes.prompt": (None, [*SCHEMAS, "tests/host/test_prompt_node_texts.py", "tests/host/test_prompt_node.py",
                             "tests/host/test_inspect_families.py::test_prompt_warnings_on_t5_clips"]),
-    "nodes.inspection": (None, [*SCHEMAS, "tests/host/test_inspect_families.py", "tests/host/test_file_nodes.py"]),
+    "nodes.inspection": (None, [*SCHEMAS, "tests/host/test_inspect_node_source.py",
+                                *(f"tests/host/test_file_nodes.py::test_{t}" for t in (
+                                    "inspect_without_clip_reports_shapes_stats_and_hash",
+                                    "inspect_of_a_merged_embedding_has_no_file_hash",
+                                    "inspect_verdict_matches_what_comfyui_does",
+                                    "inspect_with_clip_shows_vocabulary_norms_and_nearest_tokens",
+                                    "load_reads_a1111_pt_and_png_card")),
+                                "tests/host/test_inspect_families.py"]),  # builds flow models: last
     "nodes.merge": (None, [*SCHEMAS, "tests/host/test_merge_node.py"]),
     "nodes.files": (None, [*SCHEMAS, "tests/host/test_file_nodes.py", "tests/host/test_embedding_use.py",
                            "tests/host/test_diffusers_load.py", "tests/host/test_merge_node.py"]),
