@@ -55,8 +55,9 @@ HOSTED: dict[str, tuple[tuple[str, ...] | None, list[str]]] = {
                                     "load_reads_a1111_pt_and_png_card")),
                                 "tests/host/test_inspect_families.py"]),  # builds flow models: last
     "nodes.merge": (None, [*SCHEMAS, "tests/host/test_merge_node_inputs.py", "tests/host/test_merge_node.py"]),
-    "nodes.files": (None, [*SCHEMAS, "tests/host/test_file_node_inputs.py", "tests/host/test_file_nodes.py", "tests/host/test_embedding_use.py",
-                           "tests/host/test_diffusers_load.py", "tests/host/test_merge_node.py"]),
+    "nodes.files": (None, [*SCHEMAS, "tests/host/test_file_node_inputs.py", "tests/host/test_file_nodes.py",
+                           "tests/host/test_embedding_use.py", "tests/host/test_diffusers_load.py",
+                           "tests/host/test_merge_node.py"]),
     "nodes.train": (None, [*SCHEMAS, "tests/host/test_trainer.py", "tests/host/test_buckets.py",
                            "tests/host/test_caption_prompts.py", "tests/host/test_validation_split.py",
                            "tests/host/test_picture_loader.py"]),
