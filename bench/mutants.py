@@ -73,6 +73,29 @@ EQUIVALENT: dict[str, str] = {
         "parameter_dict = False -> None: only ever read as a truth value, and None is false as False is",
     "tokensmith.formats.torch_fmt.x_load_torch__mutmut_9":
         "allow_parameter_dict=False -> None: _load reads it as 'not allow_parameter_dict', the same for None",
+    "tokensmith.formats.layout.x__bundles__mutmut_13":
+        "split(marker, 1)[0] -> split(marker)[0]: the part before the first marker is the same whatever the maxsplit",
+    "tokensmith.formats.layout.x__bundles__mutmut_17": "split(marker, 1)[0] -> split(marker, 2)[0]: as _bundles__mutmut_13",
+    "tokensmith.formats.layout.x_plan_flat__mutmut_17":
+        "metadata.get('tool', '') -> get('tool', 'XXXX'): a file without a tool key is not ours either way, as "
+        "neither default starts with 'tokensmith'",
+    "tokensmith.formats.layout.x_plan_flat__mutmut_43":
+        "the declared encoder of our emb_params file ignored (None): every encoder in ENCODER_WIDTHS has its own "
+        "width, so a declared encoder of the tensor's width is the one encoder_for_width already gave",
+    "tokensmith.formats.layout.x_plan_flat__mutmut_44": "the declared encoder read from key None: as plan_flat__mutmut_43",
+    "tokensmith.formats.layout.x_plan_flat__mutmut_45": "the declared encoder's default '' -> None: as plan_flat__mutmut_43",
+    "tokensmith.formats.layout.x_plan_flat__mutmut_46": "the declared encoder read from key '': as plan_flat__mutmut_43",
+    "tokensmith.formats.layout.x_plan_flat__mutmut_47": "the declared encoder's default dropped: as plan_flat__mutmut_43",
+    "tokensmith.formats.layout.x_plan_flat__mutmut_48": "the declared encoder read from 'XXencodersXX': as plan_flat__mutmut_43",
+    "tokensmith.formats.layout.x_plan_flat__mutmut_49": "the declared encoder read from 'ENCODERS': as plan_flat__mutmut_43",
+    "tokensmith.formats.layout.x_plan_flat__mutmut_50": "the declared encoder's default '' -> 'XXXX': as plan_flat__mutmut_43",
+    "tokensmith.formats.layout.x_plan_flat__mutmut_52":
+        "'is_ours and declared ...' -> 'is_ours or ...': the declared encoder is taken only when its width is the "
+        "tensor's, and then it is the encoder the width gave (as plan_flat__mutmut_43)",
+    "tokensmith.formats.layout.x_plan_object__mutmut_91":
+        "'step if step is not None else plan.step' -> always step: when parse_step(obj['step']) is None so is "
+        "plan_flat's, which parses meta['step'] = str(obj['step']) (none for a bool, None or non-scalar; a "
+        "non-integral float's text such as '2.5' or 'nan' is no number; a string is the same string)",
     "tokensmith.training_math.x_stratified_timesteps__mutmut_27":
         "index * g -> index / g with g the golden ratio's conjugate: 1/g = 1 + g, so frac(offset + k/g) = "
         "frac(offset + k*g) up to the last bits of a float64",
