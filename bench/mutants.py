@@ -89,9 +89,6 @@ EQUIVALENT: dict[str, str] = {
     "tokensmith.formats.layout.x_plan_flat__mutmut_48": "the declared encoder read from 'XXencodersXX': as plan_flat__mutmut_43",
     "tokensmith.formats.layout.x_plan_flat__mutmut_49": "the declared encoder read from 'ENCODERS': as plan_flat__mutmut_43",
     "tokensmith.formats.layout.x_plan_flat__mutmut_50": "the declared encoder's default '' -> 'XXXX': as plan_flat__mutmut_43",
-    "tokensmith.formats.layout.x_plan_flat__mutmut_52":
-        "'is_ours and declared ...' -> 'is_ours or ...': the declared encoder is taken only when its width is the "
-        "tensor's, and then it is the encoder the width gave (as plan_flat__mutmut_43)",
     "tokensmith.formats.layout.x_plan_object__mutmut_91":
         "'step if step is not None else plan.step' -> always step: when parse_step(obj['step']) is None so is "
         "plan_flat's, which parses meta['step'] = str(obj['step']) (none for a bool, None or non-scalar; a "
