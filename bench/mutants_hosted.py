@@ -287,12 +287,19 @@ def apply(mod, mutant: Mutant) -> None:
                     setattr(other, key, fn)
 
 
+# pytest's temporary folder for every child: the host fixture's base comes out as BASETEMP/comfy_base0
+# each time (pytest empties BASETEMP first), the folders the parent's ComfyUI and the models built
+# there point at (a CLIP keeps the embeddings folder it was built with)
+BASETEMP = os.path.join(tempfile.gettempdir(), f"ts-hosted-mutants-{os.getpid()}")
+
+
 def _child(mod, mutant: Mutant | None, tests: list[str]) -> int:
     import pytest
 
     if mutant is not None:
         apply(mod, mutant)
-    return int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *tests]))
+    return int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "--basetemp", BASETEMP,
+                            *tests]))
 
 
 def in_fork(mod, mutant: Mutant | None, tests: list[str], timeout_s: float) -> int:
@@ -380,7 +387,7 @@ def run_hosted(modules: list[str], equivalent: dict[str, str]) -> tuple[dict[str
     from devkit import comfy_host
 
     sys.path.insert(0, str(REPO_ROOT))
-    comfy_host.start_in_process(tempfile.mkdtemp(prefix="ts-hosted-mutants-"))
+    comfy_host.start_in_process(os.path.join(BASETEMP, "comfy_base0"))
     if any(m != "server_routes" for m in modules):
         _prebuild_models()
     results: dict[str, dict] = {}
