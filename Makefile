@@ -37,7 +37,7 @@ fuzz: provision
 	COMFYUI_PATH=$(HOST) TOKENSMITH_FUZZ_EXAMPLES=$${TOKENSMITH_FUZZ_EXAMPLES:-100000} $(PY) -m pytest tests/fuzz -q
 
 # Mutation testing (not part of `make test`; long: see bench/mutants.py). A subset:
-# make mutants ARGS="tokensmith/names.py server_routes.py"
+# make mutants ARGS="tokensmith/names.py server_routes.py nodes/use.py"
 mutants: provision
 	$(PY) -m pip install -q -r requirements-mutants.txt
 	COMFYUI_PATH=$(HOST) OMP_NUM_THREADS=1 $(PY) -m bench.mutants $(ARGS)
