@@ -71,6 +71,21 @@ ADV_EMPTY = ("**ADV dropped: ADV (comfy_adapter.advanced_input()) is {} on the p
              "longer fold under 'advanced'")
 NODE_EQUIVALENT: dict[str, str] = {
     "nodes.pictures.LoadTrainingPictures.define_schema__12": ADV_EMPTY,
+    "nodes.prompt._file_state__4":
+        "except OSError -> ZeroDivisionError around os.stat: the path comes from embedding_path, which returns a "
+        "path only after ComfyUI's get_full_path saw it as a file (os.path.isfile), so stat fails only if the file "
+        "goes in the instant between the two",
+    "nodes.prompt.TokenSmithPrompt.fingerprint_inputs__8":
+        "the missing names left out of the state: a missing name's entry is the constant (name, None), and when its "
+        "file appears the name is in report.found, whose state is added either way, so the fingerprint changes at "
+        "the same moments",
+    "nodes.prompt.TokenSmithPrompt.fingerprint_inputs__14":
+        "the '*names' label of the name list -> 'XX*namesXX': a constant tag, the same in every fingerprint it is "
+        "compared with",
+    "nodes.prompt.TokenSmithPrompt.fingerprint_inputs__17": "the '*names' label dropped: as fingerprint_inputs__14",
+    "nodes.prompt.TokenSmithPrompt.fingerprint_inputs__21":
+        "bool(convert_keywords) -> bool() in the result: with convert_keywords on the state always ends with the "
+        "('*names', ...) entry and with it off never, so the fingerprints of the two still differ",
 }
 
 PROSE = {"tooltip", "description"}
@@ -169,7 +184,8 @@ class _Mutator(ast.NodeTransformer):
 
     def visit_Return(self, node):
         self.generic_visit(node)
-        if node.value is not None and self._hit("return None"):
+        is_none = isinstance(node.value, ast.Constant) and node.value.value is None  # no change to make
+        if node.value is not None and not is_none and self._hit("return None"):
             node.value = ast.Constant(None)
         return node
 

@@ -93,3 +93,18 @@ def test_with_convert_keywords_a_new_name_changes_the_fingerprint(node_classes, 
     assert fingerprint(node_classes, text=text, convert_keywords=True) != on
     names(word)  # the bare word now names a file: converted, it is a reference
     assert fingerprint(node_classes, text=text, convert_keywords=True)[2][0][0] == word
+
+
+def test_with_a_linked_text_renaming_a_file_changes_the_fingerprint(node_classes, names, embeddings_dir):
+    import folder_paths
+
+    old = names(fresh())
+    renamed = os.path.join(embeddings_dir, f"{fresh()}.safetensors")
+    before = fingerprint(node_classes, convert_keywords=False)  # a linked text: ComfyUI passes none
+    os.rename(os.path.join(embeddings_dir, f"{old}.safetensors"), renamed)
+    try:
+        folder_paths.filename_list_cache.clear()
+        # the same size and mtime under another name: embedding:OLD no longer resolves
+        assert fingerprint(node_classes, convert_keywords=False) != before
+    finally:
+        os.rename(renamed, os.path.join(embeddings_dir, f"{old}.safetensors"))
