@@ -45,6 +45,7 @@ HOSTED: dict[str, tuple[tuple[str, ...] | None, list[str]]] = {
                               "tests/host/test_picture_loader.py::test_names_leading_out_of_the_input_folder_are_refused"]),
     "nodes.use": (None, [*SCHEMAS, "tests/host/test_use_node_texts.py", "tests/host/test_use_nodes.py"]),
     "nodes.prompt": (None, [*SCHEMAS, "tests/host/test_prompt_node_texts.py", "tests/host/test_prompt_node.py",
+                            "tests/host/test_prompt_node_stored_order.py",
                             "tests/host/test_inspect_families.py::test_prompt_warnings_on_t5_clips"]),
     "nodes.inspection": (None, [*SCHEMAS, "tests/host/test_inspect_node_source.py",
                                 *(f"tests/host/test_file_nodes.py::test_{t}" for t in (

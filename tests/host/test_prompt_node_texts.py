@@ -108,3 +108,11 @@ def test_with_a_linked_text_renaming_a_file_changes_the_fingerprint(node_classes
         assert fingerprint(node_classes, convert_keywords=False) != before
     finally:
         os.rename(renamed, os.path.join(embeddings_dir, f"{old}.safetensors"))
+
+
+def test_each_problem_is_a_line_of_its_own(node_classes):
+    a, b = fresh(), fresh()
+    warnings, shown = run(node_classes, text=f"embedding:{a} embedding:{b}")
+    lines = warnings.split("\n")
+    assert [ln.split(" ", 2)[:2] for ln in lines] == [["missing:", f"embedding:{a}"], ["missing:", f"embedding:{b}"]]
+    assert shown == (warnings,)
