@@ -48,6 +48,7 @@ HOSTED: dict[str, tuple[tuple[str, ...] | None, list[str]]] = {
                             "tests/host/test_prompt_node_stored_order.py",
                             "tests/host/test_inspect_families.py::test_prompt_warnings_on_t5_clips"]),
     "nodes.inspection": (None, [*SCHEMAS, "tests/host/test_inspect_node_source.py",
+                                "tests/host/test_inspect_stored_order.py",
                                 *(f"tests/host/test_file_nodes.py::test_{t}" for t in (
                                     "inspect_without_clip_reports_shapes_stats_and_hash",
                                     "inspect_of_a_merged_embedding_has_no_file_hash",
