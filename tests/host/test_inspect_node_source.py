@@ -59,12 +59,20 @@ def test_a_changed_or_vanished_file_gets_a_note_and_no_hash(node_classes, saved,
     assert (source["path"], source["size"], source["stored_dtypes"]) == (str(path), size, {"clip_l": "float32"})
 
 
-def test_top_k_0_lists_no_nearest_tokens_and_2_lists_two(node_classes, saved, sd1):
+def test_top_k_0_lists_no_nearest_tokens_and_1_or_2_that_many_rounded_to_4_places(pack, node_classes, saved,
+                                                                                   sd1):
     _path, loaded = saved
     none = report(node_classes, embedding=loaded, clip=sd1.clip, top_k=0)["clip"]["per_encoder"]["clip_l"]
     assert "nearest" not in none and len(none["norm_vs_median"]) == 2
-    two = report(node_classes, embedding=loaded, clip=sd1.clip, top_k=2)["clip"]["per_encoder"]["clip_l"]
-    assert [len(row) for row in two["nearest"]] == [2, 2]
+    adapter = pack("comfy_adapter")
+    (enc,) = [e for e in adapter.text_encoders(sd1.clip) if e.key == "clip_l"]
+    for k in (1, 2):
+        got = report(node_classes, embedding=loaded, clip=sd1.clip, top_k=k)["clip"]["per_encoder"]["clip_l"]
+        with torch.inference_mode():
+            want = [[[tok, round(sim, 4)] for tok, sim in row]
+                    for row in adapter.nearest_tokens(enc, loaded.vectors["clip_l"], k=k)]
+        assert got["nearest"] == want and [len(row) for row in want] == [k, k]
+        assert any(sim not in (0, 1, -1) for row in want for _tok, sim in row)
 
 
 def test_the_json_keeps_non_ascii_text_and_the_node_is_an_output_node(node_classes, saved):
