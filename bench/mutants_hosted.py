@@ -424,3 +424,25 @@ def hosted_modules(target) -> list[str]:
         return list(NODE_MODULES)
     module = rel.with_suffix("").as_posix().replace("/", ".")
     return [module] if rel.suffix == ".py" and module in HOSTED else []
+
+
+def retry(names: list[str]) -> int:
+    """Run the named mutants again and print each one's status (the result file is left as it is):
+    python -m bench.mutants_hosted nodes.prompt._file_state__4 ... Returns how many survived."""
+    from devkit import comfy_host
+
+    sys.path.insert(0, str(REPO_ROOT))
+    comfy_host.start_in_process(os.path.join(BASETEMP, "comfy_base0"))
+    _prebuild_models()
+    survived = 0
+    for module in dict.fromkeys(next(m for m in HOSTED if n.startswith(m + ".")) for n in names):
+        mod, tests = comfy_host.pack_import(module), HOSTED[module][1]
+        for m in (m for m in mutants_of(module) if m.name in names):
+            code = in_fork(mod, m, tests, 600)
+            survived += code == 0
+            print(f"  {m.name}: {'survived' if code == 0 else 'timeout' if code == TIMEOUT else 'killed'}", flush=True)
+    return survived
+
+
+if __name__ == "__main__":
+    sys.exit(1 if retry(sys.argv[1:]) else 0)
