@@ -81,12 +81,15 @@ def test_the_json_keeps_non_ascii_text_and_the_node_is_an_output_node(node_class
     assert "café crème" in text and "\\u00e9" not in text
     schema = node_classes["TokenSmithInspectEmbedding"].define_schema()
     assert schema.is_output_node is True
+    assert [(i.id, i.optional) for i in schema.inputs] == [("embedding", False), ("clip", True), ("top_k", True)]
     top_k = next(i for i in schema.inputs if i.id == "top_k")
     assert (top_k.default, top_k.min, top_k.max, top_k.optional) == (5, 0, 50, True)
 
 
 def test_an_embedding_not_read_from_a_file_has_only_the_note(pack, node_classes):
     emb = pack("tokensmith.embedding").Embedding(vectors={"clip_l": torch.ones(1, 768)})
-    assert report(node_classes, embedding=emb)["source"] == {
+    data = report(node_classes, embedding=emb)
+    assert data["source"] == {
         "path": None, "sha256": None, "autov2": None,
         "note": "not read from a file here (trained, merged or converted): save it to get a hash"}
+    assert data["stats"]["clip_l"]["stored_dtype"] == data["stats"]["clip_l"]["dtype"] == "float32"
