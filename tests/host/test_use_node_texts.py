@@ -40,6 +40,15 @@ def test_pick_says_why_it_cannot_use_a_file(node_classes):
         "; rename the file")
 
 
+def test_pick_shows_the_text_it_outputs(pack, sd1, node_classes):
+    from tests.host.test_use_nodes import save
+
+    name = f"shown-{uuid.uuid4().hex[:8]}"
+    save(node_classes, pack("tokensmith.embedding").Embedding(vectors=token_like(sd1.clip, "sd1", 1, seed=7)), name)
+    out = node_classes["TokenSmithPickEmbedding"].execute(embedding=f"{name}.safetensors", weight=1.5)
+    assert out.result == (f"(embedding:{name}:1.5)",) and out.ui.as_dict()["text"] == out.result
+
+
 def run(node_classes, clip, emb, keyword, text):
     with torch.inference_mode():
         return node_classes["TokenSmithEncodeWithEmbedding"].execute(clip=clip, embedding=emb, keyword=keyword,
