@@ -74,6 +74,10 @@ ADV_EMPTY = ("**ADV dropped: ADV (comfy_adapter.advanced_input()) is {} on the p
 NODE_EQUIVALENT: dict[str, str] = {
     "nodes.pictures.LoadTrainingPictures.define_schema__12": ADV_EMPTY,
     "nodes.inspection.InspectEmbedding.define_schema__19": ADV_EMPTY,
+    "nodes.use.EncodeWithEmbedding.execute__10":
+        "a missing text's 'text or \"\"' -> 'or \"XXXX\"': neither holds embedding:KEYWORD, so the encoder finds no "
+        "place for the vectors and the node refuses with the same message (test_use_node_texts.py checks it for "
+        "text None)",
     "nodes.prompt._file_state__4":
         "except OSError -> ZeroDivisionError around os.stat: the path comes from embedding_path, which returns a "
         "path only after ComfyUI's get_full_path saw it as a file (os.path.isfile), so stat fails only if the file "
