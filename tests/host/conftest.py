@@ -39,3 +39,21 @@ def tiny(comfy_base):
 
     yield get
     built.clear()
+
+
+@pytest.fixture
+def input_folder(comfy_base):
+    """A fresh subfolder of ComfyUI's input folder, removed afterwards: (its name, its path)."""
+    import os
+    import shutil
+    import uuid
+
+    import folder_paths
+
+    name = f"ts-pictures-{uuid.uuid4().hex[:8]}"
+    path = os.path.join(folder_paths.get_input_directory(), name)
+    os.makedirs(path)
+    try:
+        yield name, path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

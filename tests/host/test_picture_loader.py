@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import uuid
 
 import numpy as np
 import pytest
@@ -44,20 +42,6 @@ def as_array(image: torch.Tensor) -> np.ndarray:
 
 def close(got: np.ndarray, want: np.ndarray) -> bool:
     return got.shape == want.shape and float(np.abs(got - want).mean()) < 4.0
-
-
-@pytest.fixture
-def input_folder(comfy_base):
-    """A fresh subfolder of ComfyUI's input folder, removed afterwards: (its name, its path)."""
-    import folder_paths
-
-    name = f"ts-pictures-{uuid.uuid4().hex[:8]}"
-    path = os.path.join(folder_paths.get_input_directory(), name)
-    os.makedirs(path)
-    try:
-        yield name, path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import uuid
 
 import numpy as np
 import pytest
@@ -17,19 +15,6 @@ from PIL import Image
 @pytest.fixture
 def loader(node_classes):
     return node_classes["TokenSmithLoadTrainingPictures"]
-
-
-@pytest.fixture
-def input_folder(comfy_base):
-    import folder_paths
-
-    name = f"ts-pictures-node-{uuid.uuid4().hex[:8]}"
-    path = os.path.join(folder_paths.get_input_directory(), name)
-    os.makedirs(path)
-    try:
-        yield name, path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def test_the_inputs_are_a_folder_and_an_optional_recursive_switch_off_by_default(loader):
