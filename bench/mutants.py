@@ -4,7 +4,7 @@
 
 TARGET is a file or folder under tokensmith/, server_routes.py, nodes or nodes/X.py; none means all of them. Takes long
 (on this project's shared 2-core machine mutmut runs about one mutant a second, and tokensmith/ has
-about 8,200), so run a subset while working on one module.
+about 9,300), so run a subset while working on one module.
 
 - tokensmith/: mutmut 3 (requirements-mutants.txt, configured in pyproject.toml [tool.mutmut]) copies
   the code to mutants/, mutates it there and runs, for each mutant, the tests/core tests that reach
